@@ -1,0 +1,41 @@
+# promptbias — the two commands of the Quick start, plus helpers.
+#   make demo   set up .venv if missing, then run the whole offline demo DAG through Snakemake
+#   make test   set up .venv if missing, then run the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.promptbias-installed
+CORES ?= all
+
+.PHONY: setup test demo lint fmt bench clean-demo
+
+setup: $(STAMP)
+
+# Re-install when the project's metadata changes. uv when available, else pip.
+$(STAMP): pyproject.toml
+	@if [ ! -x "$(PY)" ]; then \
+	  if command -v uv >/dev/null 2>&1; then uv venv --python 3.11 $(VENV); else python3 -m venv $(VENV); fi; \
+	fi
+	@if command -v uv >/dev/null 2>&1; then \
+	  VIRTUAL_ENV=$(abspath $(VENV)) uv pip install -e '.[dev]'; \
+	else \
+	  $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -e '.[dev]'; \
+	fi
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu" tests
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml --resources gpu=0 report_html
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py

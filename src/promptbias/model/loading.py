@@ -1,0 +1,130 @@
+"""Load any open_clip model — by name + pretrained tag, a local weights file, or a shipped config.
+
+    clip = load_clip("ViT-B-16-quickgelu", "openai", device="cuda")      # the paper's backbone
+    clip = load_clip("promptbias-demo", "runs/demo_clip/open_clip_model.safetensors")
+    clip = load_clip("promptbias-tiny", None)                            # random init, for tests
+    clip.model, clip.tokenizer, clip.image_size, clip.mean, clip.std
+
+Configs in ``promptbias/model/configs/*.json`` are registered with ``open_clip.add_model_config`` on
+import. All weights are frozen (``requires_grad_(False)``, ``logit_scale`` included) and the model is
+put in eval mode; the methods add their own learnable tensors on top.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptbias.errors import UserError
+
+CONFIG_DIR = resources.files("promptbias.model").joinpath("configs")
+SHIPPED_CONFIGS = sorted(p.name.removesuffix(".json") for p in CONFIG_DIR.iterdir() if p.name.endswith(".json"))
+
+
+@functools.cache
+def register_shipped_configs() -> None:
+    import open_clip
+
+    open_clip.add_model_config(Path(str(CONFIG_DIR)))
+
+
+@dataclass
+class LoadedClip:
+    """A frozen open_clip model plus what the pipeline needs to feed it."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    name: str
+    pretrained: str | None
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → cuda when available else cpu; 'cuda' without a GPU is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but no CUDA GPU is visible — use --set device=cpu or auto")
+    return torch.device(device)
+
+
+def load_clip(name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> LoadedClip:
+    """Create the model, load weights, freeze it. Raises UserError for unknown names/tags/bad files."""
+    import open_clip
+
+    register_shipped_configs()
+    device = resolve_device(device) if isinstance(device, str) else device
+    if name not in open_clip.list_models():
+        raise UserError(
+            f"model.name: unknown open_clip model {name!r} — pick one of open_clip.list_models() "
+            f"or a shipped config ({', '.join(SHIPPED_CONFIGS)})"
+        )
+    pretrained = pretrained or None
+    if pretrained is not None and not _is_weights_file(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            if os.sep in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin")):
+                raise UserError(f"model.pretrained: weights file {pretrained!r} not found — check the path")
+            raise UserError(
+                f"model.pretrained: {pretrained!r} is not a pretrained tag of {name} "
+                f"(known: {', '.join(tags) or 'none'}) nor a weights file — fix the tag or give a path"
+            )
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+    except RuntimeError as exc:  # size mismatch / missing keys in a local file
+        if "state_dict" in str(exc) or "size mismatch" in str(exc) or "Missing key" in str(exc):
+            raise UserError(
+                f"model.pretrained: {pretrained} does not match the architecture of {name} "
+                f"({str(exc).splitlines()[0][:160]}) — use the weights made for this model"
+            ) from None
+        raise
+    _check_supported(model, name)
+    model.eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(name)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    size = pp.get("size", model.visual.image_size)
+    size = int(size[0] if isinstance(size, tuple | list) else size)
+    return LoadedClip(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        pretrained=pretrained,
+        image_size=size,
+        mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
+        interpolation=pp.get("interpolation", "bicubic"),
+    )
+
+
+def _is_weights_file(pretrained: str) -> bool:
+    return Path(pretrained).is_file()
+
+
+def _check_supported(model: torch.nn.Module, name: str) -> None:
+    """Both towers must be open_clip transformers whose blocks we can run one by one."""
+    from open_clip.transformer import TextTransformer, VisionTransformer
+
+    if not isinstance(getattr(model, "visual", None), VisionTransformer):
+        raise UserError(
+            f"model.name: {name} has a {type(getattr(model, 'visual', None)).__name__} image tower; promptbias "
+            "needs an open_clip VisionTransformer (ViT-*) — pick a ViT model"
+        )
+    text = getattr(model, "text", None)
+    if text is not None and not isinstance(text, TextTransformer):
+        raise UserError(
+            f"model.name: {name} has a {type(text).__name__} text tower; promptbias needs an open_clip "
+            "TextTransformer (e.g. not an HF text tower) — pick another model"
+        )
