@@ -24,7 +24,9 @@ import torch
 from promptbias.errors import UserError
 
 CONFIG_DIR = resources.files("promptbias.model").joinpath("configs")
-SHIPPED_CONFIGS = sorted(p.name.removesuffix(".json") for p in CONFIG_DIR.iterdir() if p.name.endswith(".json"))
+SHIPPED_CONFIGS = sorted(
+    p.name.removesuffix(".json") for p in CONFIG_DIR.iterdir() if p.name.endswith(".json")
+)
 
 
 @functools.cache
@@ -57,7 +59,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but no CUDA GPU is visible — use --set device=cpu or auto")
+        raise UserError(
+            f"device {device!r} requested but no CUDA GPU is visible — use --set device=cpu or auto"
+        )
     return torch.device(device)
 
 
@@ -84,13 +88,14 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
             )
     try:
         model = open_clip.create_model(name, pretrained=pretrained, device=device)
-    except RuntimeError as exc:  # size mismatch / missing keys in a local file
-        if "state_dict" in str(exc) or "size mismatch" in str(exc) or "Missing key" in str(exc):
-            raise UserError(
-                f"model.pretrained: {pretrained} does not match the architecture of {name} "
-                f"({str(exc).splitlines()[0][:160]}) — use the weights made for this model"
-            ) from None
-        raise
+    except Exception as exc:  # open_clip signals a mismatched file with RuntimeError/AssertionError/KeyError
+        if pretrained is None or not _is_weights_file(pretrained):
+            raise
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(
+            f"model.pretrained: {pretrained} does not match the architecture of {name} ({first_line}) "
+            "— use the weights made for this model"
+        ) from None
     _check_supported(model, name)
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)

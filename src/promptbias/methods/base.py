@@ -1,0 +1,219 @@
+"""The base of every method: learnable tensors only, plus how they enter the encoders.
+
+    method = build_method("prompt", clip, classnames, "a photo of a {}.", n_ctx_text=1, ...)
+    txt = method.text_features(clip.model)          # C×E, L2-normalised, context truncated
+    img = method.image_features(clip.model, x)      # B×E, L2-normalised
+    logits = method.logits(clip.model, x)           # B×C = exp(logit_scale) · cos
+    method.save("params.safetensors"); Method.load("params.safetensors", clip, classnames, template)
+
+A method's ``state_dict`` holds only its learnable tensors (the frozen CLIP is passed in, never
+stored). Files are safetensors with a JSON header (``promptbias`` metadata key) naming the method kind,
+its hyper-parameters and the backbone, so a file of the wrong method or shape fails with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptbias.errors import UserError
+from promptbias.model.encoders import Attention, Layered, Recorder, TextParts, encode_image, encode_text
+from promptbias.model.loading import LoadedClip
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method buildable by its ``kind`` name."""
+    METHODS[cls.kind] = cls
+    return cls
+
+
+def build_method(kind: str, clip: LoadedClip, classnames: list[str], template: str, **hparams: Any) -> Method:
+    if kind not in METHODS:
+        raise UserError(f"unknown method {kind!r} — choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[kind](clip, classnames, template, **hparams)
+
+
+def clean_classname(name: str) -> str:
+    return name.replace("_", " ")
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``kind``, define ``captions`` and create their learnable tensors."""
+
+    kind: ClassVar[str] = ""
+    n_ctx_text: int = 0
+
+    def __init__(self, clip: LoadedClip, classnames: list[str], template: str, **hparams: Any) -> None:
+        super().__init__()
+        self.hparams = dict(hparams)
+        self.backbone = clip.name
+        self.template = template
+        self.classnames = list(classnames)
+        self.vision_layers = len(clip.model.visual.transformer.resblocks)
+        self.text_layers = len(TextParts.of(clip.model).transformer.resblocks)
+        self.vision_width = clip.model.visual.transformer.width
+        self.text_width = TextParts.of(clip.model).transformer.width
+
+    # -- what subclasses provide ------------------------------------------------------------
+    def captions(self, classnames: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def vision_prompts(self) -> Layered:
+        return ()
+
+    def vision_biases(self) -> Layered:
+        return ()
+
+    def text_prompts(self) -> Layered:
+        return ()
+
+    def text_biases(self) -> Layered:
+        return ()
+
+    @property
+    def text_is_constant(self) -> bool:
+        """True when no learnable tensor enters the text tower (features can be computed once)."""
+        return not any(t is not None for t in (*self.text_prompts(), *self.text_biases()))
+
+    # -- shared machinery -----------------------------------------------------------------
+    def _tokenize(self, clip: LoadedClip) -> None:
+        """Tokenise the class captions once; kept as a non-persistent buffer (C×L)."""
+        captions = self.captions(self.classnames)
+        tokens = clip.tokenizer(captions)  # C×L_ctx, zero-padded
+        if bool((tokens[:, -1] != 0).any()):
+            longest = max(captions, key=len)
+            raise UserError(
+                f"caption {longest!r} does not fit the {tokens.shape[1]}-token text context of {clip.name} — "
+                "use fewer text prompt tokens (n_ctx_text) or shorter class names"
+            )
+        self.register_buffer("tokens", tokens, persistent=False)
+
+    def text_features(
+        self,
+        model: nn.Module,
+        attention: Attention = "sdpa",
+        recorder: Recorder | None = None,
+        truncate: bool = True,
+    ) -> torch.Tensor:
+        feats = encode_text(
+            model,
+            self.tokens,
+            prompts=self.text_prompts(),
+            biases=self.text_biases(),
+            n_ctx=self.n_ctx_text,
+            truncate=truncate,
+            attention=attention,
+            recorder=recorder,
+        )
+        return F.normalize(feats, dim=-1)  # C×E
+
+    def image_features(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        attention: Attention = "sdpa",
+        recorder: Recorder | None = None,
+    ) -> torch.Tensor:
+        feats = encode_image(
+            model, images, self.vision_prompts(), self.vision_biases(), attention=attention, recorder=recorder
+        )
+        return F.normalize(feats, dim=-1)  # B×E
+
+    def logits(
+        self, model: nn.Module, images: torch.Tensor, text_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        txt = self.text_features(model) if text_features is None else text_features
+        img = self.image_features(model, images)
+        return model.logit_scale.exp() * img @ txt.to(img.dtype).T  # B×C
+
+    def num_learnable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # -- persistence ----------------------------------------------------------------------
+    def header(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "hparams": self.hparams,
+            "backbone": self.backbone,
+            "shapes": {k: list(v.shape) for k, v in self.state_dict().items()},
+        }
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from promptbias.io import atomic_path
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"promptbias": json.dumps(self.header())})
+
+    @staticmethod
+    def read_header(path: str | Path) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as exc:  # safetensors raises its own error types
+            raise UserError(
+                f"{path}: not a readable safetensors file ({exc}) — rerun the training stage"
+            ) from None
+        if "promptbias" not in meta:
+            raise UserError(f"{path}: no promptbias header — this is not a promptbias method file")
+        return json.loads(meta["promptbias"])
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        clip: LoadedClip,
+        classnames: list[str],
+        template: str,
+        expect_kind: str | None = None,
+    ) -> Method:
+        from safetensors.torch import load_file
+
+        header = cls.read_header(path)
+        kind = header["kind"]
+        wanted = expect_kind or (cls.kind or None)
+        if wanted and kind != wanted:
+            raise UserError(
+                f"{path}: holds a {kind!r} method, expected {wanted!r} — point to the right run folder"
+            )
+        method = build_method(kind, clip, classnames, template, **header["hparams"])
+        state = load_file(str(path))
+        expected = {k: list(v.shape) for k, v in method.state_dict().items()}
+        got = {k: list(v.shape) for k, v in state.items()}
+        if expected != got:
+            raise UserError(
+                f"{path}: tensors {got} do not match {kind} on {clip.name} {expected} — "
+                "the file was trained for another backbone or configuration"
+            )
+        method.load_state_dict(state)
+        return method.to(clip.device)
+
+
+def normal_init(*shape: int, generator: torch.Generator | None = None) -> nn.Parameter:
+    """N(0, 0.02²) initialisation used by the reference for deep prompts."""
+    return nn.Parameter(torch.randn(*shape, generator=generator) * 0.02)
+
+
+def layer_list(params: nn.ParameterDict, n_layers: int) -> list[torch.Tensor | None]:
+    """ParameterDict keyed by layer index → per-layer list with None where absent."""
+    return [params.get(str(i)) for i in range(n_layers)]
+
+
+def check_depth(value: int, layers: int, key: str, backbone: str) -> None:
+    if value > layers:
+        raise UserError(
+            f"{key}: {value} is deeper than the {layers} layers of {backbone} — use at most {layers}"
+        )
+
+
