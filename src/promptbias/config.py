@@ -11,6 +11,7 @@ validates with). Any problem is a :class:`UserError` naming the file, the key pa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import functools
@@ -44,7 +45,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)}) — fix the syntax") from None
+        raise UserError(
+            f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)}) — fix the syntax"
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -71,10 +74,16 @@ def apply_override(cfg: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: '{part}' is not a section — check the key path")
-    node[parts[-1]] = yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; users mean a number
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    node[parts[-1]] = value
 
 
-def load_params(files: list[str] | tuple[str, ...], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def load_params(
+    files: list[str] | tuple[str, ...], overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {}
     for f in files:
         cfg = deep_merge(cfg, read_yaml(f))

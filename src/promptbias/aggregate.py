@@ -1,0 +1,146 @@
+"""Aggregate per-seed metrics: mean ± std and a 95% interval per dataset × method, plus OPTIMAL.
+
+    promptbias aggregate
+
+Reads ``metrics/<ds>/<method>/seed<S>.json`` for every dataset × method × seed of the sweep (and the
+sensitivity grid when enabled). ``*_std`` is the population standard deviation over seeds (numpy's
+default, as CoOp's ``parse_test_res.py`` reports); ``*_ci95`` is the half-width of a Student-t 95%
+interval (sample std, n−1 degrees of freedom). OPTIMAL is the prompt configuration (``prompt`` and the
+grid's ``prompt-d<D>-n<N>``) with the best mean *validation* accuracy; the test-selected one is reported
+beside it, as the paper did. Missing runs are listed, not fatal.
+
+Writes ``metrics/summary.json`` (DVC metrics) and ``results/tables/summary.csv`` (tidy rows).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from promptbias.config import RunContext, grid_method_ids
+from promptbias.runs import METRICS, RESULTS, metrics_path
+
+# Student-t 0.975 quantiles for 1..30 degrees of freedom (normal beyond).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+
+
+def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean, population std, and the t-based 95% CI half-width (nan for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    pop_std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    if n < 2:
+        return mean, pop_std, float("nan")
+    sample_std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+    return mean, pop_std, t * sample_std / math.sqrt(n)
+
+
+def collect(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """All per-seed metrics records of the sweep (+ grid), and the paths that are missing."""
+    from promptbias.io import read_json
+
+    jobs = [
+        (d, m, s)
+        for d in cfg["sweep"]["datasets"]
+        for m in cfg["sweep"]["methods"]
+        for s in cfg["sweep"]["seeds"]
+    ]
+    grid = grid_method_ids(cfg)
+    for d in cfg["sensitivity"].get("datasets", []) if grid else []:
+        jobs += [(d, m, s) for m in grid for s in cfg["sweep"]["seeds"] if (d, m, s) not in jobs]
+    records, missing = [], []
+    for d, m, s in jobs:
+        path = metrics_path(d, m, s)
+        if path.is_file():
+            records.append(read_json(path))
+        else:
+            missing.append(str(path))
+    return records, missing
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    summary: dict[str, Any] = {}
+    for (d, m), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        entry: dict[str, Any] = {
+            "dataset": d,
+            "method": m,
+            "n_seeds": len(rs),
+            "seeds": [r["seed"] for r in rs],
+        }
+        for key in ("accuracy", "macro_accuracy", "val_accuracy"):
+            values = [r[key] for r in rs if r.get(key) is not None and not math.isnan(r[key])]
+            if values:
+                mean, std, ci = mean_std_ci(values)
+                entry |= {
+                    f"{key}_mean": round(mean, 4),
+                    f"{key}_std": round(std, 4),
+                    f"{key}_ci95": round(ci, 4),
+                }
+        entry["diverged_seeds"] = [r["seed"] for r in rs if r.get("status") == "diverged"]
+        summary[f"{d}/{m}"] = entry
+    return summary
+
+
+def optimal(summary: dict[str, Any]) -> dict[str, Any]:
+    """Per dataset: the prompt configuration chosen on validation accuracy, and the test-chosen one."""
+    best: dict[str, Any] = {}
+    datasets = sorted({e["dataset"] for e in summary.values()})
+    for d in datasets:
+        candidates = [
+            e
+            for e in summary.values()
+            if e["dataset"] == d and e["method"].startswith("prompt") and "accuracy_mean" in e
+        ]
+        if not candidates:
+            continue
+        by_val = max(candidates, key=lambda e: (e.get("val_accuracy_mean", float("-inf")), -len(e["method"])))
+        by_test = max(candidates, key=lambda e: (e["accuracy_mean"], -len(e["method"])))
+        best[d] = {
+            "val_selected": by_val["method"],
+            "val_selected_accuracy_mean": by_val["accuracy_mean"],
+            "val_selected_accuracy_std": by_val["accuracy_std"],
+            "test_selected": by_test["method"],
+            "test_selected_accuracy_mean": by_test["accuracy_mean"],
+            "test_selected_accuracy_std": by_test["accuracy_std"],
+            "n_candidates": len(candidates),
+        }
+    return best
+
+
+def aggregate(cfg: dict[str, Any]) -> dict[str, Any]:
+    import pandas as pd
+
+    from promptbias.io import atomic_path, write_json
+
+    records, missing = collect(cfg)
+    summary = summarise(records)
+    result = {"runs": summary, "optimal": optimal(summary), "missing": missing}
+    write_json(METRICS / "summary.json", result)
+    table = pd.DataFrame(list(summary.values())).drop(columns=["seeds", "diverged_seeds"], errors="ignore")
+    out = RESULTS / "tables" / "summary.csv"
+    with atomic_path(out, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return result
+
+
+@click.command("aggregate")
+@click.pass_obj
+def aggregate_command(ctx: RunContext) -> None:
+    """Mean ± std and 95% CI over seeds; OPTIMAL prompt configuration (validation-selected)."""
+    result = aggregate(ctx.config)
+    click.echo(
+        f"aggregated {len(result['runs'])} dataset×method groups into {Path(METRICS) / 'summary.json'}"
+    )
+    if result["missing"]:
+        click.echo(
+            f"note: {len(result['missing'])} metrics files missing, e.g. {result['missing'][0]}", err=True
+        )

@@ -1,0 +1,138 @@
+"""Evaluate one (dataset, method, seed): top-1 micro, macro (per-class mean) and per-class accuracy.
+
+    promptbias evaluate --dataset eurosat --method prompt --seed 1
+
+The last-epoch parameters are read from ``runs/<ds>/<method>/seed<S>/params.safetensors`` (zero-shot is
+built from the dataset template). Text features are computed once; test images come from the decoded
+uint8 cache when present. Besides the full test split, the seed's few-shot validation split is scored
+(``val_accuracy``) so the OPTIMAL prompt configuration can be selected without looking at the test set.
+
+Writes ``metrics/<ds>/<method>/seed<S>.json`` — small and flat, for ``dvc metrics diff`` — and the
+per-class accuracies in ``seed<S>.per_class.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from promptbias.config import RunContext, method_kind
+from promptbias.runs import metrics_path, run_dir
+
+
+def accuracy_report(predictions: Any, labels: Any, n_classes: int) -> dict[str, Any]:
+    """Micro accuracy, macro accuracy (mean over classes present) and per-class accuracy, in percent."""
+    import torch
+
+    correct = (predictions == labels).float()
+    per_class_total = torch.bincount(labels, minlength=n_classes).float()
+    per_class_correct = torch.bincount(labels, weights=correct, minlength=n_classes)
+    present = per_class_total > 0
+    per_class = torch.where(present, 100.0 * per_class_correct / per_class_total.clamp(min=1), torch.nan)
+    return {
+        "accuracy": 100.0 * float(correct.mean()) if len(labels) else float("nan"),
+        "macro_accuracy": float(per_class[present].mean()) if present.any() else float("nan"),
+        "per_class": [None if torch.isnan(v) else float(v) for v in per_class],
+    }
+
+
+def predict(method: Any, clip: Any, pictures: Any, batch_size: int, precision: str, desc: str = "") -> Any:
+    """Arg-max class for every uint8 image (N×3×S×S), text features computed once."""
+    import torch
+    from tqdm import tqdm
+
+    from promptbias.train import autocast
+
+    device = clip.device
+    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
+    preds = []
+    with torch.no_grad(), autocast(device, precision):
+        text = method.text_features(clip.model)  # C×E, once per evaluation
+        for start in tqdm(
+            range(0, len(pictures), batch_size),
+            desc=desc,
+            leave=False,
+            disable=not sys.stderr.isatty(),
+            file=sys.stderr,
+        ):
+            x = pictures[start : start + batch_size].to(device, non_blocking=True)
+            x = (x.float() / 255.0 - mean) / std  # B×3×S×S
+            preds.append(method.logits(clip.model, x, text).argmax(-1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -> dict[str, Any]:
+    from promptbias.data import images, splits
+    from promptbias.io import read_json, write_json
+    from promptbias.runs import dataset_info, load_backbone, load_method
+
+    clip = load_backbone(cfg)
+    ds = dataset_info(cfg, dataset)
+    method = load_method(cfg, clip, ds, method_id, seed)
+    precision = cfg["model"].get("precision", "auto")
+    batch = cfg["train"].get("eval_batch_size", 100)
+    root = cfg["data"]["root"]
+    cache = cfg["data"].get("cache_images", True)
+
+    t0 = time.perf_counter()
+    test_x, test_y = images.load_eval_images(root, dataset, ds.split["test"], clip.image_size, cache=cache)
+    test_pred = predict(method, clip, test_x, batch, precision, desc=f"{dataset}/{method_id}/seed{seed} test")
+    seconds = time.perf_counter() - t0
+    test = accuracy_report(test_pred, test_y, len(ds.classnames))
+
+    fewshot = splits.load_fewshot(root, dataset, cfg["data"]["shots"], seed)
+    val_x, val_y = images.load_eval_images(root, dataset, fewshot["val"], clip.image_size, cache=cache)
+    val = accuracy_report(predict(method, clip, val_x, batch, precision), val_y, len(ds.classnames))
+
+    status = "ok"
+    train_json = run_dir(dataset, method_id, seed) / "train.json"
+    if method_kind(method_id) != "zeroshot" and train_json.is_file():
+        status = read_json(train_json).get("status", "ok")
+    metrics = {
+        "dataset": dataset,
+        "method": method_id,
+        "seed": seed,
+        "accuracy": round(test["accuracy"], 4),
+        "macro_accuracy": round(test["macro_accuracy"], 4),
+        "val_accuracy": round(val["accuracy"], 4),
+        "n_test": len(test_y),
+        "n_val": len(val_y),
+        "n_classes": len(ds.classnames),
+        "status": status,
+        "eval_images_per_second": round(len(test_y) / seconds, 2) if seconds > 0 else None,
+    }
+    out = metrics_path(dataset, method_id, seed)
+    write_json(
+        out.with_suffix(".per_class.json"),
+        {
+            "dataset": dataset,
+            "method": method_id,
+            "seed": seed,
+            "classnames": ds.classnames,
+            "accuracy": test["per_class"],
+        },
+    )
+    write_json(out, metrics)
+    return metrics
+
+
+@click.command("evaluate")
+@click.option("--dataset", required=True)
+@click.option("--method", "method_id", required=True)
+@click.option("--seed", required=True, type=int)
+@click.option("--device", default=None, help="Override device (auto | cpu | cuda).")
+@click.pass_obj
+def evaluate_command(ctx: RunContext, dataset: str, method_id: str, seed: int, device: str | None) -> None:
+    """Top-1 (micro), macro and per-class accuracy on the full test split."""
+    cfg = ctx.config
+    if device is not None:
+        cfg["device"] = device
+    m = evaluate_run(cfg, dataset, method_id, seed)
+    click.echo(
+        f"{dataset}/{method_id}/seed{seed}: accuracy {m['accuracy']:.2f}% (macro {m['macro_accuracy']:.2f}%, "
+        f"val {m['val_accuracy']:.2f}%) on {m['n_test']} test images"
+    )

@@ -1,0 +1,191 @@
+"""Training and evaluation: the paper's schedule, determinism, resume after a kill, divergence, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+
+import pytest
+import torch
+
+from promptbias.aggregate import mean_std_ci, optimal, summarise
+from promptbias.evaluate import accuracy_report
+from promptbias.train import Schedule
+from tests.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return Workspace.create(tmp_path_factory.mktemp("ws") / "base", datasets=["demo_shapes"])
+
+
+def _metrics(ws: Workspace, method: str, seed: int = 1) -> dict:
+    return json.loads((ws.path / "metrics" / "demo_shapes" / method / f"seed{seed}.json").read_text())
+
+
+def test_schedule_matches_the_reference_formula():
+    sched = Schedule(lr=0.0025, epochs=10, warmup_epochs=1, warmup_lr=1e-5)
+    assert sched(0) == 1e-5
+    for e in range(1, 10):
+        assert sched(e) == pytest.approx(0.0025 * 0.5 * (1 + math.cos(math.pi * (e - 1) / 10)), rel=1e-12)
+    assert sched(1) == pytest.approx(0.0025)
+    # the reference's IVLP 2+2 example: η=0.0035, T=5 → 1e-5, 3.50e-3, 3.17e-3, 2.29e-3, 1.21e-3
+    ivlp = Schedule(lr=0.0035, epochs=5)
+    assert [round(ivlp(e), 5) for e in range(5)] == [0.00001, 0.0035, 0.00317, 0.00229, 0.00121]
+
+
+def test_accuracy_report_micro_macro_per_class():
+    preds = torch.tensor([0, 0, 1, 1, 2, 0])
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    rep = accuracy_report(preds, labels, n_classes=4)
+    assert rep["accuracy"] == pytest.approx(100 * 4 / 6)
+    assert rep["per_class"] == [pytest.approx(100.0), pytest.approx(100.0), pytest.approx(100 / 3), None]
+    assert rep["macro_accuracy"] == pytest.approx((100 + 100 + 100 / 3) / 3)
+
+
+def test_mean_std_ci():
+    mean, std, ci = mean_std_ci([70.0, 72.0, 74.0])
+    assert mean == 72.0 and std == pytest.approx(math.sqrt(8 / 3))
+    assert ci == pytest.approx(4.303 * 2.0 / math.sqrt(3))
+    assert math.isnan(mean_std_ci([50.0])[2])
+
+
+def test_optimal_is_selected_on_validation_and_reported_beside_test_selected():
+    records = [
+        {
+            "dataset": "d",
+            "method": "prompt",
+            "seed": 1,
+            "accuracy": 70,
+            "macro_accuracy": 70,
+            "val_accuracy": 80,
+        },
+        {
+            "dataset": "d",
+            "method": "prompt-d3-n4",
+            "seed": 1,
+            "accuracy": 75,
+            "macro_accuracy": 75,
+            "val_accuracy": 60,
+        },
+        {
+            "dataset": "d",
+            "method": "bias",
+            "seed": 1,
+            "accuracy": 99,
+            "macro_accuracy": 99,
+            "val_accuracy": 99,
+        },
+    ]
+    best = optimal(summarise(records))["d"]
+    assert best["val_selected"] == "prompt" and best["val_selected_accuracy_mean"] == 70
+    assert best["test_selected"] == "prompt-d3-n4" and best["test_selected_accuracy_mean"] == 75
+
+
+def test_train_evaluate_same_seed_gives_identical_metrics(workspace, tmp_path):
+    a = workspace.copy(tmp_path / "a")
+    b = workspace.copy(tmp_path / "b")
+    for ws in (a, b):
+        ws.cli("train", "--dataset", "demo_shapes", "--method", "prompt", "--seed", "1")
+        ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "prompt", "--seed", "1")
+    ma, mb = _metrics(a, "prompt"), _metrics(b, "prompt")
+    ma.pop("eval_images_per_second"), mb.pop("eval_images_per_second")
+    assert ma == mb
+    pa = (a.path / "runs/demo_shapes/prompt/seed1/params.safetensors").read_bytes()
+    assert pa == (b.path / "runs/demo_shapes/prompt/seed1/params.safetensors").read_bytes()
+    train = json.loads((a.path / "runs/demo_shapes/prompt/seed1/train.json").read_text())
+    assert train["status"] == "ok" and train["epochs_completed"] == 3
+    assert [h["lr"] for h in train["history"]] == [pytest.approx(Schedule(0.01, 3)(e)) for e in range(3)]
+    assert train["parameters"] == 2 * (64 + 64)
+    assert train["settings"]["method"] == "prompt" and train["provenance"]["versions"]["torch"]
+    assert (a.path / "runs/demo_shapes/prompt/seed1/dvclive").is_dir()
+    for key in ("accuracy", "macro_accuracy", "val_accuracy", "n_test", "status"):
+        assert key in ma
+    per_class = json.loads((a.path / "metrics/demo_shapes/prompt/seed1.per_class.json").read_text())
+    assert len(per_class["accuracy"]) == ma["n_classes"]
+
+
+def test_kill_after_an_epoch_then_resume_matches_uninterrupted(workspace, tmp_path):
+    straight = workspace.copy(tmp_path / "straight")
+    straight.cli(
+        "--set", "train.epochs=4", "train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"
+    )
+    killed = workspace.copy(tmp_path / "killed")
+    proc = killed.popen(
+        "--set", "train.epochs=4", "train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"
+    )
+    ckpt = killed.path / "runs/demo_shapes/bias/seed1/checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed.path / "runs/demo_shapes/bias/seed1/params.safetensors").exists()
+    resumed = killed.run(
+        "--set", "train.epochs=4", "train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    run = "runs/demo_shapes/bias/seed1/"
+    assert (killed.path / run / "params.safetensors").read_bytes() == (
+        straight.path / run / "params.safetensors"
+    ).read_bytes()
+    h_killed = json.loads((killed.path / run / "train.json").read_text())["history"]
+    h_straight = json.loads((straight.path / run / "train.json").read_text())["history"]
+    assert [h["loss"] for h in h_killed] == [h["loss"] for h in h_straight]
+
+
+def test_sigterm_checkpoints_and_exits_for_requeue(workspace, tmp_path):
+    ws = workspace.copy(tmp_path / "term")
+    proc = ws.popen(
+        "--set", "train.epochs=50", "train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"
+    )
+    ckpt = ws.path / "runs/demo_shapes/bias/seed1/checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    assert "preempted" in out
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] >= 0
+
+
+def test_non_finite_loss_is_recorded_as_diverged(workspace, tmp_path):
+    ws = workspace.copy(tmp_path / "nan")
+    out = ws.cli(
+        "--set",
+        "methods.prompt.lr=1e38",
+        "train",
+        "--dataset",
+        "demo_shapes",
+        "--method",
+        "prompt",
+        "--seed",
+        "1",
+    )
+    assert "diverged" in out
+    train = json.loads((ws.path / "runs/demo_shapes/prompt/seed1/train.json").read_text())
+    assert train["status"] == "diverged"
+    ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "prompt", "--seed", "1")
+    assert _metrics(ws, "prompt")["status"] == "diverged"
+
+
+def test_zeroshot_needs_no_training_and_evaluates(workspace, tmp_path):
+    ws = workspace.copy(tmp_path / "zs")
+    result = ws.run("train", "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "1")
+    assert result.returncode == 2 and "zeroshot needs no training" in result.stderr
+    ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "1")
+    m = _metrics(ws, "zeroshot")
+    assert m["n_test"] > 0 and 0 <= m["accuracy"] <= 100
+
+
+def test_evaluate_without_training_says_what_to_run(workspace, tmp_path):
+    ws = workspace.copy(tmp_path / "untrained")
+    result = ws.run("evaluate", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1")
+    assert result.returncode == 2
+    assert "promptbias train --dataset demo_shapes --method bias --seed 1" in result.stderr
