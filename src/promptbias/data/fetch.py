@@ -1,0 +1,181 @@
+"""Put one dataset in place — download, link an existing copy, or generate — and normalise its split.
+
+    fetch_dataset(registry.get("eurosat"), Path("data"))                  # download + verify + extract
+    fetch_dataset(registry.get("eurosat"), Path("data"), source="/DATA")  # verify + link /DATA/eurosat
+
+Output: ``<root>/raw/<ds>/`` (the CoOp layout) and ``<root>/raw/<ds>.json`` (the normalised split). The
+json is removed first and written last, atomically, only after every file was verified and every image
+the split names exists — so an interrupted fetch never looks complete. Archives are downloaded to
+``<root>/downloads/<ds>/`` and deleted after extraction unless ``keep_archives``. A file that cannot be
+downloaded produces one line saying which file to place where.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from promptbias.data.archive import DEFAULT_MAX_BYTES, extract_nested, safe_extract
+from promptbias.data.download import ChecksumLock, DownloadFailed, download_file, hash_matches
+from promptbias.data.layouts import load_layout, missing_images
+from promptbias.data.registry import DatasetSpec, RemoteFile
+from promptbias.errors import UserError
+from promptbias.io import write_json
+
+LOCK_FILE = "checksums.lock.json"
+
+
+def fetch_dataset(
+    spec: DatasetSpec,
+    root: Path | str,
+    source: Path | str | None = None,
+    *,
+    keep_archives: bool = False,
+    demo_seed: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    retries: int = 5,
+    backoff: float = 1.0,
+) -> Path:
+    """Fetch ``spec`` under ``root``; return the path of the normalised split json."""
+    root = Path(root)
+    target = root / "raw" / spec.name
+    done = root / "raw" / f"{spec.name}.json"
+    done.unlink(missing_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    lock = ChecksumLock(root / LOCK_FILE)
+    if spec.generator is not None:
+        _generate(spec, target, demo_seed)
+    elif source is not None:
+        link_copy(spec, Path(source), target)
+    for rf in spec.files:
+        _ensure(spec, rf, root, target, lock, keep_archives, max_bytes, retries, backoff)
+    split = load_layout(spec, target)
+    missing = missing_images(target, split)
+    if missing:
+        raise UserError(
+            f"{spec.name}: {len(missing)} image(s) named by the split are missing, e.g. {target / missing[0]} "
+            "— complete the dataset folder (or fetch again) and rerun"
+        )
+    write_json(done, split)
+    return done
+
+
+def _generate(spec: DatasetSpec, target: Path, seed: int) -> None:
+    assert spec.generator is not None
+    module, _, attr = spec.generator.partition(":")
+    getattr(importlib.import_module(module), attr)(spec.name, target, seed)
+
+
+def link_copy(spec: DatasetSpec, source: Path, target: Path) -> Path:
+    """Symlink each top-level entry of an existing copy (``source/<folder>`` or ``source``) into target."""
+    folder = source / spec.folder
+    if not folder.is_dir():
+        if source.is_dir() and source.name == spec.folder:
+            folder = source
+        else:
+            raise UserError(
+                f"{source}: no {spec.folder}/ folder there — point --from / data.source_root at a CoOp DATA "
+                f"folder that contains {spec.folder}/"
+            )
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.name in ("split_fewshot", "preprocessed.pkl"):
+            continue
+        dst = target / entry.name
+        if dst.is_symlink():
+            dst.unlink()
+        elif dst.exists():
+            continue  # a real file/folder already there (e.g. a previous download) wins
+        os.symlink(entry.resolve(), dst, target_is_directory=entry.is_dir())
+    return folder
+
+
+def _manual_error(spec: DatasetSpec, rf: RemoteFile, target: Path, why: str) -> UserError:
+    how = rf.manual or (f"download it from {rf.urls[0]}" if rf.urls else "obtain it")
+    if rf.kind == "folder":
+        place = f"so that {', '.join(str(target / p) for p in rf.present_paths)} exist(s)"
+    elif rf.kind == "archive":
+        place = (
+            f"so that {', '.join(str(target / p) for p in rf.present_paths)} exist(s) "
+            f"(or put {rf.name} at {target / rf.name} to have it verified and extracted)"
+        )
+    else:
+        place = f"and place it at {target / rf.target}"
+    return UserError(
+        f"{spec.name}: {rf.name} is not available ({why}) — {how}, {place}; then rerun "
+        f"`promptbias fetch {spec.name}` (or use --from PATH to link an existing CoOp copy)"
+    )
+
+
+def _verify(spec: DatasetSpec, rf: RemoteFile, path: Path, lock: ChecksumLock) -> None:
+    if rf.hash and not hash_matches(path, rf.hash):
+        raise UserError(
+            f"{path}: checksum does not match the registry's {rf.hash} — this is not the expected {rf.name}; "
+            "replace it with a verified copy"
+        )
+    lock.verify_or_record(f"{spec.name}/{rf.name}", path)
+
+
+def _ensure(
+    spec: DatasetSpec,
+    rf: RemoteFile,
+    root: Path,
+    target: Path,
+    lock: ChecksumLock,
+    keep_archives: bool,
+    max_bytes: int,
+    retries: int,
+    backoff: float,
+) -> None:
+    if rf.kind == "file":
+        path = target / rf.target
+        if path.exists():
+            _verify(spec, rf, path, lock)
+            return
+        if not rf.urls:
+            raise _manual_error(spec, rf, target, "manual download")
+        try:
+            download_file(
+                rf.urls, path, rf.hash, lock, f"{spec.name}/{rf.name}", retries=retries, backoff=backoff
+            )
+        except DownloadFailed as exc:
+            raise _manual_error(spec, rf, target, _short(exc)) from None
+        return
+    if all((target / p).exists() for p in rf.present_paths):
+        return
+    if rf.kind == "folder":
+        raise _manual_error(spec, rf, target, "manual download")
+    placed = target / rf.name
+    downloaded = False
+    if placed.is_file():
+        archive = placed
+        _verify(spec, rf, archive, lock)
+    else:
+        if not rf.urls:
+            raise _manual_error(spec, rf, target, "manual download")
+        archive = root / "downloads" / spec.name / rf.name
+        try:
+            download_file(
+                rf.urls, archive, rf.hash, lock, f"{spec.name}/{rf.name}", retries=retries, backoff=backoff
+            )
+        except DownloadFailed as exc:
+            raise _manual_error(spec, rf, target, _short(exc)) from None
+        downloaded = True
+    if rf.nested:
+        extract_nested(archive, rf.nested, target, archive.with_name(f".work-{rf.name}"), max_bytes=max_bytes)
+    else:
+        safe_extract(archive, target, strip=rf.strip, max_bytes=max_bytes)
+    absent = [p for p in rf.present_paths if not (target / p).exists()]
+    if absent:
+        raise UserError(
+            f"{archive}: extracted, but {absent[0]} is not in it — this is not the expected {rf.name}"
+        )
+    if downloaded and not keep_archives:
+        archive.unlink()
+
+
+def _short(exc: DownloadFailed) -> str:
+    if not exc.errors:
+        return "no download source"
+    first = " ".join(exc.errors[-1].split())
+    return (first[:160] + "…") if len(first) > 160 else first

@@ -1,0 +1,72 @@
+"""CoOp/Dassl-compatible few-shot subsets, and readers for the split files.
+
+    split = load_split(root, "dtd")                      # data/raw/dtd.json (the normalised split)
+    few = make_fewshot(split, shots=16, seed=1)          # {"dataset", "shots", "seed", "train", "val"}
+    few = load_fewshot(root, "dtd", 16, 1)               # data/splits/dtd/shot16_seed1.json
+
+Sampling reproduces Dassl's ``generate_fewshot_dataset`` as CoOp calls it: Python's Mersenne Twister
+seeded with S; items grouped by label in order of first appearance; per class
+``random.sample(items, K)`` (all items, drawing nothing, when a class has fewer); train first, then
+val with min(K, 4) from the same random stream. Given the same split file the subsets equal the
+reference ones. Items keep their relative paths, so the output is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from promptbias.errors import UserError
+from promptbias.io import read_json
+
+VAL_SHOTS_CAP = 4
+
+
+def raw_split_path(root: Path | str, dataset: str) -> Path:
+    return Path(root) / "raw" / f"{dataset}.json"
+
+
+def fewshot_path(root: Path | str, dataset: str, shots: int, seed: int) -> Path:
+    return Path(root) / "splits" / dataset / f"shot{shots}_seed{seed}.json"
+
+
+def sample_per_class(items: list[Any], shots: int, rng: random.Random) -> list[Any]:
+    """K items per label (label = item[1]), labels in order of first appearance; all if fewer."""
+    if shots < 1:
+        return list(items)
+    groups: dict[int, list[Any]] = {}
+    for item in items:
+        groups.setdefault(item[1], []).append(item)
+    out: list[Any] = []
+    for group in groups.values():
+        out.extend(rng.sample(group, shots) if len(group) >= shots else group)
+    return out
+
+
+def make_fewshot(split: dict[str, Any], shots: int, seed: int) -> dict[str, Any]:
+    """The K-shot train subset and min(K, 4)-shot val subset for one seed."""
+    rng = random.Random(seed)  # the same stream as random.seed(seed) on the global generator
+    train = sample_per_class(split["train"], shots, rng)
+    val = sample_per_class(split["val"], min(shots, VAL_SHOTS_CAP), rng)
+    return {"dataset": split["dataset"], "shots": shots, "seed": seed, "train": train, "val": val}
+
+
+def load_split(root: Path | str, dataset: str) -> dict[str, Any]:
+    """The normalised split written by ``promptbias fetch``."""
+    path = raw_split_path(root, dataset)
+    if not path.is_file():
+        raise UserError(
+            f"{path}: dataset {dataset!r} is not fetched — run `promptbias fetch {dataset}` first"
+        )
+    return read_json(path)
+
+
+def load_fewshot(root: Path | str, dataset: str, shots: int, seed: int) -> dict[str, Any]:
+    """The few-shot subset written by ``promptbias split``."""
+    path = fewshot_path(root, dataset, shots, seed)
+    if not path.is_file():
+        raise UserError(
+            f"{path}: few-shot split missing — run `promptbias split {dataset} --shots {shots} --seed {seed}` first"
+        )
+    return read_json(path)

@@ -1,0 +1,110 @@
+"""Few-shot subsets: CoOp/Dassl-compatible, deterministic, K per class (or all), relative paths."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from promptbias.data.splits import fewshot_path, load_fewshot, load_split, make_fewshot
+from promptbias.errors import UserError
+
+
+def _split() -> dict:
+    """Labels interleaved and partly shuffled; class 3 is smaller than most K."""
+    rng = random.Random(0)
+    train, val = [], []
+    for i in range(60):
+        label = (2, 0, 1)[i % 3]
+        train.append([f"c{label}/img_{i:03d}.jpg", label, f"class_{label}"])
+    train += [[f"c3/img_{i}.jpg", 3, "class_3"] for i in range(3)]
+    head = train[:30]
+    rng.shuffle(head)
+    train[:30] = head
+    for i in range(24):
+        label = (1, 3, 0, 2)[i % 4]
+        val.append([f"c{label}/val_{i:03d}.jpg", label, f"class_{label}"])
+    return {"dataset": "toy", "classnames": [], "template": "{}", "train": train, "val": val, "test": []}
+
+
+def _dassl_reference(split: dict, shots: int, seed: int) -> tuple[list, list]:
+    """Dassl's generate_fewshot_dataset as CoOp calls it, written out independently."""
+
+    def generate(data_source: list, num_shots: int) -> list:
+        if num_shots < 1:
+            return data_source
+        tracker: dict[int, list] = defaultdict(list)
+        for item in data_source:
+            tracker[item[1]].append(item)
+        dataset: list = []
+        for items in tracker.values():
+            dataset.extend(random.sample(items, num_shots) if len(items) >= num_shots else items)
+        return dataset
+
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        train = generate(split["train"], shots)
+        val = generate(split["val"], min(shots, 4))
+    finally:
+        random.setstate(state)
+    return train, val
+
+
+@pytest.mark.parametrize("shots", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_equals_dassl_generate_fewshot_dataset(shots: int, seed: int) -> None:
+    split = _split()
+    few = make_fewshot(split, shots, seed)
+    train, val = _dassl_reference(split, shots, seed)
+    assert few["train"] == train and few["val"] == val
+    assert (few["dataset"], few["shots"], few["seed"]) == ("toy", shots, seed)
+
+
+def test_k_per_class_or_all_and_val_capped_at_four() -> None:
+    split = _split()
+    few = make_fewshot(split, 8, 1)
+    per_train: dict[int, int] = defaultdict(int)
+    for _, label, _ in few["train"]:
+        per_train[label] += 1
+    assert per_train == {0: 8, 1: 8, 2: 8, 3: 3}  # class 3 has only 3 images: all kept
+    first_seen = list(dict.fromkeys(lab for _, lab, _ in split["train"]))
+    assert first_seen != sorted(first_seen)
+    assert list(dict.fromkeys(lab for _, lab, _ in few["train"])) == first_seen  # grouped in that order
+    per_val: dict[int, int] = defaultdict(int)
+    for _, label, _ in few["val"]:
+        per_val[label] += 1
+    assert set(per_val.values()) == {4}
+    assert len({p for p, _, _ in few["train"]}) == len(few["train"])  # without replacement
+
+
+def test_deterministic_and_seed_dependent() -> None:
+    split = _split()
+    random.seed(12345)  # the global generator's state must not matter
+    a = make_fewshot(split, 4, 1)
+    random.seed(999)
+    assert make_fewshot(split, 4, 1) == a
+    assert make_fewshot(split, 4, 2)["train"] != a["train"]
+
+
+def test_split_files_are_relative_and_portable(tmp_path: Path) -> None:
+    from promptbias.io import write_json
+
+    split = _split()
+    write_json(tmp_path / "raw" / "toy.json", split)
+    few = make_fewshot(load_split(tmp_path, "toy"), 2, 3)
+    write_json(fewshot_path(tmp_path, "toy", 2, 3), few)
+    text = (tmp_path / "splits" / "toy" / "shot2_seed3.json").read_text()
+    assert str(tmp_path) not in text
+    assert all(not p.startswith("/") for p, _, _ in json.loads(text)["train"])
+    assert load_fewshot(tmp_path, "toy", 2, 3) == json.loads(json.dumps(few))
+
+
+def test_missing_files_tell_which_command_to_run(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="promptbias fetch dtd"):
+        load_split(tmp_path, "dtd")
+    with pytest.raises(UserError, match="promptbias split dtd --shots 16 --seed 1"):
+        load_fewshot(tmp_path, "dtd", 16, 1)
