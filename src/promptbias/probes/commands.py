@@ -1,0 +1,143 @@
+"""The ``promptbias probe`` command: one probe on a capped, seeded sample of a dataset's test split.
+
+    promptbias probe relevancy --dataset dtd --method prompt --seed 1
+
+Reads ``probes.{max_images, sample_seed, batch_size, start_layer, map_images, rotations}``; the sample is
+``random.Random(sample_seed).sample`` of the test indices (then sorted), the same for every method and
+seed so tables compare image for image. Runs on the configured device (a GPU when there is one), fp32
+and explicit attention. Writes atomically, under ``probes/<ds>/<method>/seed<S>/``:
+
+* ``<kind>.parquet`` — the tidy long table (docs/interfaces.md: dataset, method, seed, probe, branch,
+  layer, head, variant, key, value, n);
+* ``<kind>.json`` — every convention the probe chose, the settings, the sample and provenance;
+* ``<kind>.npz`` — arrays, for probes that have them (maps, bias_decomposition).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from typing import Any
+
+import click
+
+from promptbias.errors import UserError
+
+
+def sample_indices(n_test: int, max_images: int, seed: int) -> list[int]:
+    """A seeded, sorted sample of at most ``max_images`` test indices."""
+    k = min(max_images, n_test)
+    return sorted(random.Random(seed).sample(range(n_test), k))
+
+
+@click.command("probe")
+@click.argument("kind")
+@click.option("--dataset", required=True, help="Dataset name (data/raw/<dataset>.json must exist).")
+@click.option(
+    "--method", "method_id", required=True, help="Method id: zeroshot, prompt, bias, prompt-d<D>-n<N>."
+)
+@click.option("--seed", type=int, required=True, help="Training seed of the run to probe.")
+@click.pass_obj
+def probe(ctx: Any, kind: str, dataset: str, method_id: str, seed: int) -> None:
+    """Run one analysis probe and write probes/<dataset>/<method>/seed<S>/<kind>.parquet (+ .json)."""
+    from promptbias.probes import PROBES
+
+    if kind not in PROBES:
+        raise UserError(f"probe {kind!r}: unknown — choose one of {', '.join(sorted(PROBES))}")
+    write_probe(ctx.config, kind, dataset, method_id, seed)
+
+
+def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, seed: int) -> None:
+    import numpy as np
+
+    from promptbias.data import images as data_images
+    from promptbias.io import atomic_path, provenance, write_json
+    from promptbias.probes import PROBES, ProbeContext, ProbeSettings
+    from promptbias.runs import dataset_info, load_backbone, load_method, probe_dir
+
+    pcfg = cfg["probes"]
+    settings = ProbeSettings.from_config(pcfg)
+    clip = load_backbone(cfg)
+    clip.model.float()  # probes run in fp32
+    ds = dataset_info(cfg, dataset)
+    method = load_method(cfg, clip, ds, method_id, seed).float().eval()
+    _check_start_layer(clip.model, settings.start_layer)
+    test = ds.split.get("test") or []
+    if not test:
+        raise UserError(f"data/raw/{dataset}.json: the test split is empty — re-fetch the dataset")
+    idx = sample_indices(len(test), int(pcfg["max_images"]), int(pcfg.get("sample_seed", 0)))
+    if kind == "maps":  # only the first map_images images are used
+        idx = idx[: settings.map_images]
+    items = [test[i] for i in idx]
+    uint8, labels = data_images.load_eval_images(
+        cfg["data"]["root"],
+        dataset,
+        items,
+        clip.image_size,
+        cache=bool(cfg["data"].get("cache_images", True)),
+    )
+    ids = [str(it[0]) for it in items]
+    pctx = ProbeContext(
+        clip=clip,
+        method=method,
+        images=uint8,
+        labels=labels,
+        ids=ids,
+        settings=settings,
+        normalize=lambda x: data_images.normalize(x, clip.mean, clip.std),
+    )
+    t0 = time.perf_counter()
+    result = PROBES[kind].run(pctx)
+    seconds = time.perf_counter() - t0
+
+    out = probe_dir(dataset, method_id, seed)
+    frame = result.table.frame(dataset, method_id, seed, kind)
+    with atomic_path(out / f"{kind}.parquet", suffix=".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    if result.arrays is not None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **result.arrays)
+        with atomic_path(out / f"{kind}.npz", suffix=".npz") as tmp:
+            tmp.write_bytes(buf.getvalue())
+    sidecar = {
+        "probe": kind,
+        "dataset": dataset,
+        "method": method_id,
+        "seed": seed,
+        "backbone": {"name": clip.name, "pretrained": clip.pretrained, "image_size": clip.image_size},
+        "device": str(clip.device),
+        "precision": "fp32, explicit attention (softmax in float32)",
+        "settings": {
+            "max_images": int(pcfg["max_images"]),
+            "sample_seed": int(pcfg.get("sample_seed", 0)),
+            "batch_size": settings.batch_size,
+            "start_layer": settings.start_layer,
+            "map_images": settings.map_images,
+            "rotations": list(settings.rotations),
+        },
+        "sample": {
+            "split": "test",
+            "rule": "sorted(random.Random(sample_seed).sample(range(n_test), min(max_images, n_test)))",
+            "n_test": len(test),
+            "n_images": len(ids),
+            "image_ids": ids,
+        },
+        "conventions": result.conventions,
+        "table": {"rows": len(frame), "summary_of_arrays": result.summary_only},
+        "timing": {"seconds": round(seconds, 3), "ms_per_image": round(1000 * seconds / max(len(ids), 1), 2)},
+        "provenance": provenance(),
+    }
+    write_json(out / f"{kind}.json", sidecar)
+    click.echo(f"{kind}: {len(frame)} rows over {len(ids)} images → {out / (kind + '.parquet')}", err=True)
+
+
+def _check_start_layer(model: Any, start_layer: int) -> None:
+    from promptbias.model.encoders import TextParts
+
+    layers = min(len(model.visual.transformer.resblocks), len(TextParts.of(model).transformer.resblocks))
+    if start_layer >= layers:
+        raise UserError(
+            f"probes.start_layer: {start_layer} is past the last layer of the model ({layers} layers) — "
+            f"use 0..{layers - 1}"
+        )
