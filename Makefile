@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu" tests
 
+# The target comes first: --configfile and --resources take several values and would swallow it.
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml --resources gpu=0 report_html
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/snakemake report_html --cores $(CORES) --configfile config/demo.yaml --resources gpu=0
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -38,7 +38,7 @@ def fetch(ctx: RunContext, dataset: str, source: str | None, keep_archives: bool
     cfg = ctx.config
     spec = registry.get(dataset)
     source = source or cfg["data"].get("source_root")
-    seed = int((cfg.get("demo") or {}).get("seed", 0))
+    seed = int((cfg.get("demo") or {}).get("world_seed", 0))
     out = fetch_dataset(spec, _root(cfg), source, keep_archives=keep_archives, demo_seed=seed)
     click.echo(f"ok: {out}", err=True)
 

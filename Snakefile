@@ -1,0 +1,50 @@
+"""promptbias — the Snakemake entry point (thin: the stages live in src/promptbias/pipeline.py).
+
+    snakemake --cores all --resources gpu=4                                         # the paper, 4 GPU jobs at a time
+    snakemake --cores all --configfile config/demo.yaml --resources gpu=0 report_html   # the offline demo (make demo)
+    snakemake --profile workflow/profiles/slurm                                     # on a SLURM cluster
+
+Config: ``params.yaml`` (``configfile:``), then any ``--configfile`` files, then ``--config`` values —
+the same layering as ``promptbias --params params.yaml --params <file> ...``. Every job runs
+``promptbias --params params.yaml [--params <configfile> ...] [--set <--config value> ...] <command>``,
+so a command sees exactly the config Snakemake planned with. The config is checked with the package's
+one-line messages first, then with Snakemake's ``validate`` against the same schema.
+"""
+
+import sys
+
+from snakemake.utils import validate
+
+from promptbias.errors import UserError
+from promptbias.pipeline import Pipeline
+
+
+configfile: "params.yaml"
+
+
+try:
+    PIPE = Pipeline.from_snakemake(workflow, config)
+except UserError as exc:
+    sys.exit(f"error: {exc}")
+
+validate(config, "workflow/schemas/params.schema.yaml", set_default=False)
+
+
+# Targets: `all` (default) = every output of every job; `report_html` = results/report.html and what it
+# needs (make demo); `metrics` = the Table 1 sweep and its aggregate, no probes or figures.
+rule all:
+    input:
+        [path for job in PIPE.jobs() for path in job.out_paths],
+
+
+rule report_html:
+    input:
+        "results/report.html",
+
+
+rule metrics:
+    input:
+        "metrics/summary.json",
+
+
+include: "workflow/rules/stages.smk"

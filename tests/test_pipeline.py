@@ -1,0 +1,157 @@
+"""The stage spec and its two engines: dvc.yaml is fresh, Snakemake and DVC plan the same jobs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from workflow_helpers import REPO, dvc_stages, git_dvc_repo, project_copy, run, snakemake_jobs
+
+from promptbias.cli import cli
+from promptbias.config import load_params
+from promptbias.errors import UserError
+from promptbias.pipeline import Pipeline, _get, _leaves
+
+PAPER = ("params.yaml",)
+DEMO = ("params.yaml", "config/demo.yaml")
+
+
+def _pipe(files=PAPER, overrides=()):
+    return Pipeline.from_files([str(REPO / f) for f in files], overrides)
+
+
+def _leaf_keys(cfg, keys):
+    return {leaf for k in keys for leaf in _leaves(_get(cfg, k), k)}
+
+
+def test_dvc_yaml_is_fresh(monkeypatch):
+    monkeypatch.chdir(REPO)
+    res = CliRunner().invoke(cli, ["dvc-yaml", "--check"])
+    assert res.exit_code == 0, res.output
+
+
+def test_dvc_yaml_check_fails_in_one_line_when_stale(tmp_path, monkeypatch):
+    proj = project_copy(tmp_path)
+    monkeypatch.chdir(proj)
+    (proj / "dvc.yaml").write_text((proj / "dvc.yaml").read_text().replace("fetch", "fetsh", 1))
+    res = CliRunner().invoke(cli, ["dvc-yaml", "--check"])
+    assert res.exit_code == 1
+    assert len(res.output.strip().splitlines()) == 1 and "stale" in res.output
+
+
+def test_paper_config_plans_every_dataset_method_seed():
+    pipe = _pipe()
+    cfg = pipe.cfg
+    jobs = list(pipe.jobs())
+    by_stage = {}
+    for job in jobs:
+        by_stage.setdefault(job.stage.name, []).append(job)
+    ds, seeds = cfg["sweep"]["datasets"], cfg["sweep"]["seeds"]
+    assert len(ds) == 11 and len(seeds) == 3
+    assert {
+        (j.wildcards["dataset"], j.wildcards["method"], j.wildcards["seed"]) for j in by_stage["train"]
+    } == {(d, m, str(s)) for d in ds for m in ("prompt", "bias") for s in seeds}
+    assert len(by_stage["evaluate"]) == 11 * 3 * 3
+    assert "pretrain-demo" not in by_stage  # the paper uses the OpenAI weights
+    assert 150 <= len(jobs) <= 300, f"{len(jobs)} DVC stages — keep it in the low hundreds"
+
+
+def test_params_keys_are_exactly_what_the_command_reads():
+    pipe = _pipe()
+    train = pipe.job("train", {"dataset": "dtd", "method": "prompt", "seed": 1})
+    assert "methods.prompt" in train.params and "methods.bias" not in train.params
+    assert {"model", "device", "data.root", "data.shots", "train"} <= set(train.params)
+    zs = pipe.job("evaluate", {"dataset": "dtd", "method": "zeroshot", "seed": 2})
+    assert not any(d.startswith("runs/") for d in zs.deps)  # zero-shot depends on no train
+    assert any("/splits/dtd/shot16_seed2.json" in d for d in zs.deps)  # val accuracy on the split's val
+
+
+@pytest.mark.parametrize("files", [PAPER, DEMO], ids=["paper", "demo"])
+def test_prompt_lr_edit_touches_only_prompt_jobs(files):
+    before = _pipe(files)
+    after = _pipe(files, overrides=["methods.prompt.lr=0.01"])
+    changed = {
+        a.name
+        for a, b in zip(before.jobs(), after.jobs(), strict=True)
+        if before.param_values(a.params) != after.param_values(b.params)
+    }
+    assert changed, "nothing reads methods.prompt.lr"
+    for name in changed:
+        assert re.match(r"^(train|evaluate|probe)-[a-z0-9_]+-prompt(-d\d+-n\d+)?-s\d+$", name), name
+
+
+def test_demo_layering_attributes_each_key_to_the_file_that_sets_it(monkeypatch):
+    monkeypatch.chdir(REPO)
+    pipe = Pipeline.from_files(DEMO)
+    entries = pipe.dvc_params(["train", "methods.prompt", "model"])
+    plain = [e for e in entries if isinstance(e, str)]
+    layered = next(e for e in entries if isinstance(e, dict))
+    demo_keys = next(iter(layered.values()))
+    assert "methods.prompt.lr" in plain and "train.momentum" in plain  # only params.yaml sets these
+    assert "train.epochs" in demo_keys and "methods.prompt.depth_text" in demo_keys and "model" in demo_keys
+
+
+def test_demo_weights_must_be_the_pretrain_output(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {pretrained: elsewhere.safetensors}\n")
+    with pytest.raises(UserError, match=r"model.pretrained: .* pretrain-demo output"):
+        Pipeline.from_files([str(REPO / "params.yaml"), str(REPO / "config/demo.yaml"), str(bad)])
+
+
+def test_probe_methods_must_be_evaluated(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("probes: {methods: [prompt-d3-n4]}\n")
+    with pytest.raises(UserError, match=r"probes.methods: 'prompt-d3-n4'"):
+        Pipeline.from_files([str(REPO / "params.yaml"), str(bad)])
+
+
+@pytest.mark.parametrize("configfiles", [[], ["config/demo.yaml"]], ids=["paper", "demo"])
+def test_snakemake_and_dvc_plan_the_same_jobs(tmp_path, configfiles):
+    proj = project_copy(tmp_path)
+    files = ("params.yaml", *configfiles)
+    if configfiles:  # the dvc.yaml of this layering, as a user would generate it
+        run(["promptbias", *(a for f in files for a in ("--params", f)), "dvc-yaml"], proj)
+    stages = dvc_stages(proj / "dvc.yaml")
+    cfg = load_params([str(proj / f) for f in files])
+    sm = snakemake_jobs(proj, "all", configfiles)
+    sm_jobs = {
+        tuple(sorted(j["output"])): (j["cmd"], sorted(j["input"]), _leaf_keys(cfg, j["params"])) for j in sm
+    }
+    dvc_jobs = {
+        tuple(sorted(s["outs"])): (s["cmd"], sorted(s["deps"]), _leaf_keys(cfg, s["params"]))
+        for s in stages.values()
+    }
+    assert set(sm_jobs) == set(dvc_jobs)
+    for outs, (cmd, deps, keys) in sm_jobs.items():
+        assert (cmd, deps, keys) == dvc_jobs[outs], outs
+    gpu_rules = {j["rule"] for j in sm if j["gpu"]}
+    assert gpu_rules == (set() if configfiles else {"train", "evaluate", "probe"})  # demo: device cpu
+    assert all(j["log"] for j in sm)
+
+
+def test_snakemake_dry_run_plans_the_paper(tmp_path):
+    proj = project_copy(tmp_path)
+    res = run(["snakemake", "-n", "--cores", "all", "--resources", "gpu=4"], proj, timeout=600)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
+    assert int(counts["train"]) == 11 * 2 * 3
+    assert int(counts["evaluate"]) == 11 * 3 * 3
+    assert int(counts["fetch"]) == 11 and int(counts["split"]) == 33 and int(counts["render"]) == 1
+
+
+def test_snakemake_reports_bad_params_in_one_line(tmp_path):
+    proj = project_copy(tmp_path)
+    (proj / "bad.yaml").write_text("train: {epocs: 3}\n")
+    res = run(["snakemake", "-n", "--cores", "1", "--configfile", "bad.yaml"], proj, check=False)
+    assert res.returncode != 0
+    assert "train.epocs: unknown key — did you mean 'epochs'?" in res.stderr + res.stdout
+
+
+def test_dvc_repro_dry_in_a_git_dvc_repo(tmp_path):
+    repo = git_dvc_repo(tmp_path / "repo")
+    # --force: plan every stage (on an empty repo DVC cannot hash the not-yet-made inputs of later stages)
+    res = run(["dvc", "repro", "--dry", "--force"], repo, timeout=900)
+    ran = re.findall(r"Running stage '([^']+)'", res.stdout)
+    assert len(ran) == len(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    assert ran[0].startswith("fetch-") and ran[-1] == "render"
