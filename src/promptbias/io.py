@@ -8,15 +8,26 @@ half-written file that Snakemake or DVC could mistake for a finished one::
     write_json("metrics/x.json", {"accuracy": 0.9})
 
 The temporary file lives in the target's folder (same filesystem, so ``os.replace`` is atomic) and is
-removed when the block raises.
+removed when the block raises. A full disk (``ENOSPC``/``EDQUOT`` while writing, syncing or renaming)
+becomes a one-line :class:`~promptbias.errors.UserError` ("no space left on device … free space and
+rerun"); the previous version of the target is left untouched.
+
+Fault injection (for tests/reliability only; unset in normal use): ``PROMPTBIAS_FAULT=<substring>:<action>[:<n>]``
+makes the ``n``-th (default 1st) ``atomic_path`` write in this process whose target path contains
+``substring`` fail right before ``os.replace`` — after the temporary file is complete and synced.
+Actions: ``kill`` (SIGKILL this process), ``term`` (SIGTERM to this process, then carry on),
+``enospc`` (raise ``OSError(ENOSPC)``, as a full disk would).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import platform
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,27 +35,97 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from promptbias.errors import UserError
+
+FAULT_ENV = "PROMPTBIAS_FAULT"
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_fault_hits = 0  # matching atomic_path writes seen in this process (for the n-th write)
+
+
+def _inject_fault(target: Path) -> None:
+    """The ``PROMPTBIAS_FAULT`` test hook (see the module docstring); a no-op when the variable is unset."""
+    global _fault_hits
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    nth = int(parts.pop()) if len(parts) > 2 and parts[-1].isdigit() else 1
+    action = parts.pop()
+    substring = ":".join(parts)
+    if substring not in str(target):
+        return
+    _fault_hits += 1
+    if _fault_hits != nth:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    else:
+        raise ValueError(f"{FAULT_ENV}: unknown action {action!r} (kill | term | enospc)")
+
+
+def disk_full_error(target: str | os.PathLike) -> UserError:
+    """The one-line error for a full disk while writing ``target``."""
+    folder = Path(target).parent
+    return UserError(
+        f"{target}: no space left on device while writing it — free space on the file system of "
+        f"{folder} (or point the output elsewhere) and rerun; earlier outputs are intact"
+    )
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success fsync it and rename it onto ``target``."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else ".tmp", dir=target.parent
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix if suffix is not None else ".tmp", dir=target.parent
+        )
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise disk_full_error(target) from None
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
     try:
         yield tmp
         if tmp.exists():
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
+        _inject_fault(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            raise disk_full_error(target) from None
         raise
+
+
+def remove_stale_temps(target: str | os.PathLike) -> None:
+    """Delete temporaries that an ``atomic_path`` write of ``target`` left when its process was killed.
+
+    Only for targets with a single writer (one job owns a run folder or a metrics file).
+    """
+    target = Path(target)
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:

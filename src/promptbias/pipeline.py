@@ -244,7 +244,7 @@ def _probe_outs(cfg: Config) -> list[Out]:
     outs = []
     for kind in cfg["probes"]["kinds"]:
         outs += [Out(f"{base}/{kind}.parquet"), Out(f"{base}/{kind}.json")]
-        if kind == "maps":
+        if kind in ("maps", "bias_decomposition"):  # these probes also write arrays
             outs.append(Out(f"{base}/{kind}.npz"))
     return outs
 
@@ -253,6 +253,9 @@ def _probe_files(cfg: Config) -> list[str]:
     templates = [o.path for o in _probe_outs(cfg)]
     return [t.format(**w) for w in _probe_matrix(cfg) for t in templates]
 
+
+# tables that `promptbias render` writes besides the figures (see promptbias.render.catalog)
+RENDERED_TABLES = ("table1.md", "table1.csv", "table1.tex", "bias_decomposition.csv", "bias_decomposition.md")
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -384,11 +387,17 @@ STAGES: tuple[Stage, ...] = (
         command=lambda cfg, w: ["render"],
         outs=lambda cfg: [
             Out("results/figures", directory=True, report="Figures", patterns=("{name}.png",)),
-            Out("results/tables/table1.csv"),
+            *(Out(f"results/tables/{name}") for name in RENDERED_TABLES),
             Out("results/report.html", report="Report"),
         ],
         matrix=lambda cfg: [{}],
-        deps=lambda cfg, w: ["metrics/summary.json", "results/tables/summary.csv", *_probe_files(cfg)],
+        deps=lambda cfg, w: [
+            "metrics/summary.json",
+            "results/tables/summary.csv",
+            *(metrics_file(v["dataset"], v["method"], v["seed"]) for v in _evaluate_matrix(cfg)),  # AVERAGE std
+            *(raw_json(cfg, d) for d in cfg["sweep"]["datasets"]),  # Fig. 6 draws the probed images
+            *_probe_files(cfg),
+        ],
         params=lambda cfg, w: [
             "render",
             "sweep.datasets",
