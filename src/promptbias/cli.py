@@ -41,9 +41,38 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+# one-line help shown by `promptbias --help` without importing the command modules (torch takes seconds);
+# tests/test_perf_exactness.py checks it against each command's own docstring
+_SHORT_HELP: dict[str, str] = {
+    "aggregate": "Mean ± std and 95% CI over seeds; OPTIMAL prompt configuration (validation-selected).",
+    "cache": "Decode + test-transform the test and val images of DATASET once into data/cache/<ds>/.",
+    "dvc-yaml": "Write dvc.yaml from the stage spec for the params files given with --params.",
+    "evaluate": "Top-1 (micro), macro and per-class accuracy on the full test split.",
+    "fetch": "Download (or link with --from) DATASET, verify it, and write its normalised split.",
+    "gpu-slot": "Run COMMAND with one free GPU (CUDA_VISIBLE_DEVICES set; the lock lives as long as COMMAND).",
+    "pretrain-demo": "Pretrain the demo CLIP on the demo world's caption corpus (CPU, a few minutes).",
+    "probe": "Run one analysis probe and write probes/<dataset>/<method>/seed<S>/<kind>.parquet (+ .json).",
+    "render": "Draw Table 1, Figs.",
+    "run": "Run the stale part of the DAG: DVC decides, Snakemake runs (N GPU jobs at a time), DVC commits.",
+    "split": "Write the K-shot subset of DATASET for one seed (CoOp/Dassl-compatible).",
+    "train": "Train one method on one dataset and seed (resumes from its checkpoint).",
+    "validate": "Validate the params files and print the resolved configuration.",
+}
+
+
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from ``_SHORT_HELP``: ``--help`` imports no command module."""
+        names = [n for n in self.list_commands(ctx) if n in _SHORT_HELP]
+        if not names:
+            return super().format_commands(ctx, formatter)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = [(n, click.utils.make_default_short_help(_SHORT_HELP[n], limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = _COMMANDS.get(cmd_name)

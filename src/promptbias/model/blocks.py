@@ -83,3 +83,24 @@ def _self_attention(
         o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # B×H×T×hd
     o = o.transpose(1, 2).reshape(B, T, W)
     return attn.out_proj(o)
+
+
+def run_block_cls(blk: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """Last-block pruning for a CLS-pooled, non-causal tower: output only for token 0. B×T×W → B×1×W.
+
+    K and V come from every token (CLS attends to all of them, prompts included — no causal mask); the
+    query, output projection, residual and MLP run for the CLS row only. Exact: the other rows' outputs of
+    the last block are never pooled.
+    """
+    attn = blk.attn
+    B, T, W = x.shape
+    H = attn.num_heads
+    hd = W // H
+    y = blk.ln_1(x)
+    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(y[:, :1], w[:W], None if bias is None else bias[:W])  # B×1×W
+    kv = F.linear(y, w[W:], None if bias is None else bias[W:])  # B×T×2W
+    k, v = kv.view(B, T, 2, H, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each B×H×T×hd
+    o = F.scaled_dot_product_attention(q.view(B, 1, H, hd).transpose(1, 2), k, v)  # B×H×1×hd
+    x0 = x[:, :1] + blk.ls_1(attn.out_proj(o.transpose(1, 2).reshape(B, 1, W)))
+    return x0 + blk.ls_2(blk.mlp(blk.ln_2(x0)))

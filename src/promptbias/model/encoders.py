@@ -17,6 +17,16 @@ Biases: ``biases[l]`` (W) is added to every token of block l's output.
 
 ``attention`` picks how each block computes attention (see :mod:`promptbias.model.blocks`); ``recorder``
 collects per-layer tensors for probes (attention probabilities, block inputs, values).
+
+Exact savings (on by default; they apply only on the fast path — ``attention="sdpa"`` and no recorder —
+so the ``module``/``explicit`` paths and probes always run the plain loop):
+
+* ``encode_image(..., prune_last=True)``: the last block computes the query, output projection and MLP
+  for the CLS token only (K/V still for every token; no mask — CLS sees everything). Needs ``tok`` pooling.
+* ``encode_text(..., buckets=4, shared_prefix=True, prune_last=True)``: length buckets, the shared
+  class-independent prefix computed once, and an EOS-only last block
+  (:mod:`promptbias.model.fasttext`). ``buckets=1, shared_prefix=False, prune_last=False`` is the plain
+  truncated loop. ``truncate=False`` (full context) always runs the plain loop.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from open_clip.transformer import text_global_pool
 
-from promptbias.model.blocks import Attention, check_block, run_block
+from promptbias.model.blocks import Attention, check_block, run_block, run_block_cls
 
 Layered = Sequence[torch.Tensor | None]
 
@@ -128,6 +138,11 @@ def context_length_needed(tokens: torch.Tensor, parts: TextParts) -> int:
     return int(eos_positions(tokens, parts).max()) + 1
 
 
+def fast_text_applies(parts: TextParts) -> bool:
+    """The fast text path needs a causal tower pooled at one token per row (argmax / first EOS)."""
+    return parts.causal and parts.pool_type in ("argmax", "eos")
+
+
 def _layer(seq: Layered, index: int) -> torch.Tensor | None:
     return seq[index] if index < len(seq) else None
 
@@ -139,20 +154,33 @@ def encode_image(
     biases: Layered = (),
     attention: Attention = "sdpa",
     recorder: Recorder | None = None,
+    prune_last: bool = True,
 ) -> torch.Tensor:
     """Image features B×E (not normalised)."""
     visual = model.visual
+    blocks = visual.transformer.resblocks
+    cls_only = (
+        prune_last
+        and attention == "sdpa"
+        and recorder is None
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", None) == "tok"
+    )
     x = visual._embeds(images)  # B×(1+N)×W, ln_pre applied
     if recorder is not None:
         x = recorder.attach(x)
     n_keep = x.shape[1]
-    for layer, blk in enumerate(visual.transformer.resblocks):
+    for layer, blk in enumerate(blocks):
         p = _layer(prompts, layer)
         if p is not None:
             if layer == 0:
                 p = visual.ln_pre(p)  # per-token LN: same as concatenating before ln_pre
             x = torch.cat([x[:, :n_keep], p.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)  # B×(1+N+P)×W
-        x = _run(blk, x, False, attention, recorder)
+        if cls_only and layer == len(blocks) - 1:
+            x = run_block_cls(blk, x)  # B×1×W: only CLS is pooled
+            n_keep = 1
+        else:
+            x = _run(blk, x, False, attention, recorder)
         b = _layer(biases, layer)
         if b is not None:
             x = x + b.to(x.dtype)
@@ -171,9 +199,23 @@ def encode_text(
     truncate: bool = True,
     attention: Attention = "sdpa",
     recorder: Recorder | None = None,
+    buckets: int = 4,
+    shared_prefix: bool = True,
+    prune_last: bool = True,
 ) -> torch.Tensor:
     """Text features C×E (not normalised) for the given prompts' token ids."""
     parts = TextParts.of(model)
+    if (
+        truncate
+        and attention == "sdpa"
+        and recorder is None
+        and fast_text_applies(parts)
+        and (buckets > 1 or shared_prefix or prune_last)
+    ):
+        from promptbias.model.fasttext import encode_text_fast, plan_text
+
+        plan = plan_text(tokens, eos_positions(tokens, parts), n_ctx, buckets, shared_prefix)
+        return encode_text_fast(parts, tokens, plan, prompts, biases, n_ctx, prune_last=prune_last)
     length = context_length_needed(tokens, parts) if truncate else tokens.shape[1]
     tokens = tokens[:, :length]
     cast = parts.transformer.get_cast_dtype()

@@ -12,8 +12,11 @@ put in eval mode; the methods add their own learnable tensors on top.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -87,7 +90,8 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                 f"(known: {', '.join(tags) or 'none'}) nor a weights file — fix the tag or give a path"
             )
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        with _quiet_random_init(pretrained):
+            model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except Exception as exc:  # open_clip signals a mismatched file with RuntimeError/AssertionError/KeyError
         if pretrained is None or not _is_weights_file(pretrained):
             raise
@@ -112,6 +116,24 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
         std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)),
         interpolation=pp.get("interpolation", "bicubic"),
     )
+
+
+@contextlib.contextmanager
+def _quiet_random_init(pretrained: str | None) -> Iterator[None]:
+    """Silence open_clip's "No pretrained weights loaded" warning when random init is what was asked."""
+    if pretrained is not None:
+        yield
+        return
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _is_weights_file(pretrained: str) -> bool:
