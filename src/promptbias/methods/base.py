@@ -93,7 +93,7 @@ class Method(nn.Module):
                 f"caption {longest!r} does not fit the {tokens.shape[1]}-token text context of {clip.name} — "
                 "use fewer text prompt tokens (n_ctx_text) or shorter class names"
             )
-        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("tokens", tokens.to(clip.device), persistent=False)
 
     def text_features(
         self,
@@ -146,13 +146,14 @@ class Method(nn.Module):
         }
 
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from promptbias.io import atomic_path
 
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        data = save(tensors, metadata={"promptbias": json.dumps(self.header())})
         with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"promptbias": json.dumps(self.header())})
+            tmp.write_bytes(data)  # a full disk is an OSError here (→ one-line error in atomic_path)
 
     @staticmethod
     def read_header(path: str | Path) -> dict[str, Any]:
@@ -215,5 +216,3 @@ def check_depth(value: int, layers: int, key: str, backbone: str) -> None:
         raise UserError(
             f"{key}: {value} is deeper than the {layers} layers of {backbone} — use at most {layers}"
         )
-
-

@@ -23,7 +23,8 @@ so the ``module``/``explicit`` paths and probes always run the plain loop):
 
 * ``encode_image(..., prune_last=True)``: the last block computes the query, output projection and MLP
   for the CLS token only (K/V still for every token; no mask — CLS sees everything). Needs ``tok`` pooling.
-* ``encode_text(..., buckets=4, shared_prefix=True, prune_last=True)``: length buckets, the shared
+* ``encode_text(..., buckets=4, shared_prefix=True, prune_last=True)`` (the CPU default; on CUDA the
+  default is truncation only, see ``encode_text``): length buckets, the shared
   class-independent prefix computed once, and an EOS-only last block
   (:mod:`promptbias.model.fasttext`). ``buckets=1, shared_prefix=False, prune_last=False`` is the plain
   truncated loop. ``truncate=False`` (full context) always runs the plain loop.
@@ -199,12 +200,22 @@ def encode_text(
     truncate: bool = True,
     attention: Attention = "sdpa",
     recorder: Recorder | None = None,
-    buckets: int = 4,
-    shared_prefix: bool = True,
-    prune_last: bool = True,
+    buckets: int | None = None,
+    shared_prefix: bool | None = None,
+    prune_last: bool | None = None,
 ) -> torch.Tensor:
-    """Text features C×E (not normalised) for the given prompts' token ids."""
+    """Text features C×E (not normalised) for the given prompts' token ids.
+
+    ``None`` switches pick the measured-faster default for the device: on CPU the savings a2–a4 are on
+    (fewer FLOPs win); on CUDA only truncation (a1) — eager GPU runs are launch-bound and the extra
+    kernels of buckets/prefix cost more than they save (bench/RESULTS.md, H200: 30 ms vs 120 ms at 1000
+    classes). Every combination gives the same features (tests/test_perf_exactness.py).
+    """
     parts = TextParts.of(model)
+    on_gpu = tokens.is_cuda
+    buckets = (1 if on_gpu else 4) if buckets is None else buckets
+    shared_prefix = (not on_gpu) if shared_prefix is None else shared_prefix
+    prune_last = (not on_gpu) if prune_last is None else prune_last
     if (
         truncate
         and attention == "sdpa"
