@@ -19,7 +19,7 @@ from workflow_helpers import git_dvc_repo, project_copy, run
 from promptbias.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow
-DEMO_FILES = ("params.yaml", "config/demo.yaml")
+DEMO_FILES = ("params.yaml", "config/demo.yaml", "config/demo-fast.yaml")  # CI-sized demo
 PARAMS_ARGS = [a for f in DEMO_FILES for a in ("--params", f)]
 
 
@@ -53,6 +53,7 @@ def test_demo_dag_through_snakemake_ends_with_the_report(tmp_path):
             "2",
             "--configfile",
             "config/demo.yaml",
+            "config/demo-fast.yaml",
             "--resources",
             "gpu=0",
         ],
@@ -63,9 +64,21 @@ def test_demo_dag_through_snakemake_ends_with_the_report(tmp_path):
     print(f"\ndemo DAG through Snakemake on this machine: {wall:.0f} s")
     assert (proj / "results/report.html").stat().st_size > 0
     summary = json.loads((proj / "metrics/summary.json").read_text())
-    assert {"demo_shapes/zeroshot", "demo_shapes/prompt", "demo_shapes/bias"} <= set(summary)
+    assert {"demo_shapes/zeroshot", "demo_shapes/prompt", "demo_shapes/bias"} <= set(summary["runs"])
     # nothing left to do: a second plan is empty
-    res = run(["snakemake", "report_html", "-n", "--cores", "2", "--configfile", "config/demo.yaml"], proj)
+    res = run(
+        [
+            "snakemake",
+            "report_html",
+            "-n",
+            "--cores",
+            "2",
+            "--configfile",
+            "config/demo.yaml",
+            "config/demo-fast.yaml",
+        ],
+        proj,
+    )
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
@@ -78,7 +91,7 @@ def test_dvc_repro_lr_edit_metrics_diff_push_pull_and_run_driver(tmp_path):
     assert run(["dvc", "status", "--json"], repo).stdout.strip() in ("{}", "")
 
     # editing prompt's learning rate reruns only prompt's train/evaluate (and probes) and what depends on them
-    lr_file = repo / "config/demo.yaml"
+    lr_file = repo / "config/demo.yaml"  # (demo-fast.yaml sets no learning rate)
     if "lr" not in yaml.safe_load(lr_file.read_text()).get("methods", {}).get("prompt", {}):
         lr_file = repo / "params.yaml"  # the key lives where it is set (see the stage's params in dvc.yaml)
     old_lr = yaml.safe_load(lr_file.read_text())["methods"]["prompt"]["lr"]

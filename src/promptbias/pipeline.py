@@ -361,9 +361,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="probe",
         wildcards=("dataset", "method", "seed"),
-        command=lambda cfg, w: [
-            f"probe {kind} --dataset {w['dataset']} --method {w['method']} --seed {w['seed']}"
-            for kind in cfg["probes"]["kinds"]
+        command=lambda cfg, w: [  # all kinds in one process: one start-up per job
+            f"probe {' '.join(cfg['probes']['kinds'])} --dataset {w['dataset']} --method {w['method']} --seed {w['seed']}"
         ],
         outs=_probe_outs,
         matrix=_probe_matrix,
@@ -394,7 +393,9 @@ STAGES: tuple[Stage, ...] = (
         deps=lambda cfg, w: [
             "metrics/summary.json",
             "results/tables/summary.csv",
-            *(metrics_file(v["dataset"], v["method"], v["seed"]) for v in _evaluate_matrix(cfg)),  # AVERAGE std
+            *(
+                metrics_file(v["dataset"], v["method"], v["seed"]) for v in _evaluate_matrix(cfg)
+            ),  # AVERAGE std
             *(raw_json(cfg, d) for d in cfg["sweep"]["datasets"]),  # Fig. 6 draws the probed images
             *_probe_files(cfg),
         ],

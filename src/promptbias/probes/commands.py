@@ -32,20 +32,25 @@ def sample_indices(n_test: int, max_images: int, seed: int) -> list[int]:
 
 
 @click.command("probe")
-@click.argument("kind")
+@click.argument("kinds", nargs=-1, required=True)
 @click.option("--dataset", required=True, help="Dataset name (data/raw/<dataset>.json must exist).")
 @click.option(
     "--method", "method_id", required=True, help="Method id: zeroshot, prompt, bias, prompt-d<D>-n<N>."
 )
 @click.option("--seed", type=int, required=True, help="Training seed of the run to probe.")
 @click.pass_obj
-def probe(ctx: Any, kind: str, dataset: str, method_id: str, seed: int) -> None:
-    """Run one analysis probe and write probes/<dataset>/<method>/seed<S>/<kind>.parquet (+ .json)."""
+def probe(ctx: Any, kinds: tuple[str, ...], dataset: str, method_id: str, seed: int) -> None:
+    """Run one analysis probe and write probes/<dataset>/<method>/seed<S>/<kind>.parquet (+ .json).
+
+    Several KINDS may be given: they run one after the other in this process (one start-up for all).
+    """
     from promptbias.probes import PROBES
 
-    if kind not in PROBES:
-        raise UserError(f"probe {kind!r}: unknown — choose one of {', '.join(sorted(PROBES))}")
-    write_probe(ctx.config, kind, dataset, method_id, seed)
+    for kind in kinds:  # check them all before running any
+        if kind not in PROBES:
+            raise UserError(f"probe {kind!r}: unknown — choose one of {', '.join(sorted(PROBES))}")
+    for kind in kinds:
+        write_probe(ctx.config, kind, dataset, method_id, seed)
 
 
 def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, seed: int) -> None:
