@@ -66,7 +66,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def apply_override(cfg: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.epochs=2")
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE — write it as e.g. --set train.epochs=2")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
     node = cfg
@@ -118,18 +118,23 @@ def describe_schema_error(err: Any) -> str:
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         return f"{path}: missing key '{missing}' — add it (see params.yaml for the default)"
     if err.validator == "enum":
-        return f"{path}: {err.instance!r} is not one of {', '.join(map(repr, err.validator_value))}"
+        options = [str(v) for v in err.validator_value]
+        hint = difflib.get_close_matches(str(err.instance), options, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else "use one of these"
+        return f"{path}: {err.instance!r} is not one of {', '.join(map(repr, err.validator_value))} — {fix}"
     if err.validator == "type":
         return f"{path}: {err.instance!r} should be of type {err.validator_value} — fix the value"
     if err.validator in ("minimum", "exclusiveMinimum"):
-        return f"{path}: {err.instance!r} is too small (must be {'>' if 'exclusive' in err.validator else '≥'} {err.validator_value})"
+        return f"{path}: {err.instance!r} is too small (must be {'>' if 'exclusive' in err.validator else '≥'} {err.validator_value}) — raise it"
     if err.validator == "maximum":
-        return f"{path}: {err.instance!r} is too large (must be ≤ {err.validator_value})"
+        return f"{path}: {err.instance!r} is too large (must be ≤ {err.validator_value}) — lower it"
     if err.validator == "minItems":
         return f"{path}: the list is empty — give at least {err.validator_value} item(s)"
     if err.validator == "pattern":
-        return f"{path}: {err.instance!r} is not valid (expected to match {err.validator_value})"
-    return f"{path}: {err.message}"
+        return (
+            f"{path}: {err.instance!r} is not valid (expected to match {err.validator_value}) — fix the value"
+        )
+    return f"{path}: {err.message} — fix the value (see params.yaml for a valid example)"
 
 
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:

@@ -66,10 +66,14 @@ def predict(method: Any, clip: Any, pictures: Any, batch_size: int, precision: s
 
 
 def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -> dict[str, Any]:
+    import torch
+
     from promptbias.data import images, splits
-    from promptbias.io import read_json, write_json
+    from promptbias.io import read_json, remove_stale_temps, write_json
     from promptbias.runs import dataset_info, load_backbone, load_method
 
+    # seeded as in train: a randomly initialised backbone (pretrained: null) is then the one trained on
+    torch.manual_seed(seed)
     clip = load_backbone(cfg)
     ds = dataset_info(cfg, dataset)
     method = load_method(cfg, clip, ds, method_id, seed)
@@ -106,6 +110,8 @@ def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -
         "eval_images_per_second": round(len(test_y) / seconds, 2) if seconds > 0 else None,
     }
     out = metrics_path(dataset, method_id, seed)
+    for target in (out, out.with_suffix(".per_class.json")):
+        remove_stale_temps(target)  # left by a killed earlier attempt of this job
     write_json(
         out.with_suffix(".per_class.json"),
         {

@@ -46,8 +46,9 @@ class DatasetInfo:
 def dataset_info(cfg: dict[str, Any], dataset: str) -> DatasetInfo:
     from promptbias.data import registry, splits
 
+    spec = registry.get(dataset)  # an unknown name fails here, listing the known ones
     split = splits.load_split(cfg["data"]["root"], dataset)
-    template = split.get("template") or registry.get(dataset).template
+    template = split.get("template") or spec.template
     return DatasetInfo(name=dataset, classnames=list(split["classnames"]), template=template, split=split)
 
 

@@ -18,7 +18,9 @@ stops the run with status "diverged" and keeps the last finite epoch's parameter
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import math
 import signal
@@ -97,7 +99,7 @@ def train_run(
     import torch
 
     from promptbias.data import images, splits
-    from promptbias.io import atomic_path, provenance, write_json
+    from promptbias.io import atomic_path, provenance, remove_stale_temps, write_json
     from promptbias.methods import build_method
     from promptbias.runs import dataset_info, load_backbone
 
@@ -107,14 +109,22 @@ def train_run(
     settings = training_settings(cfg, method_id)
     tcfg = cfg["train"]
     out = run_dir(dataset, method_id, seed)
+    for name in (CHECKPOINT, "params.safetensors", "train.json"):
+        remove_stale_temps(out / name)  # left by a killed earlier attempt of this job
     torch.manual_seed(seed)
 
     clip = load_backbone(cfg)
     device = clip.device
     ds = dataset_info(cfg, dataset)
     fewshot = splits.load_fewshot(cfg["data"]["root"], dataset, cfg["data"]["shots"], seed)
+    if not fewshot["train"]:
+        raise UserError(
+            f"{splits.fewshot_path(cfg['data']['root'], dataset, cfg['data']['shots'], seed)}: the train split is "
+            f"empty — check that data/raw/{dataset}.json lists train images, then rerun `promptbias split`"
+        )
     pictures, labels = images.load_train_images(cfg["data"]["root"], dataset, fewshot["train"], max_side=None)
-    augment = images.TrainAugment(clip.image_size, device=device)
+    crop_scale = tuple(tcfg.get("crop_scale", (0.08, 1.0)))  # RandomResizedCrop area range
+    augment = images.TrainAugment(clip.image_size, scale=crop_scale, device=device)
     n = len(pictures)
     batch = tcfg["batch_size"]
     drop_last = n >= batch
@@ -137,8 +147,8 @@ def train_run(
     start_epoch = 0
     status = "ok"
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state = _read_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if state is not None:
         if state.get("settings_hash") == digest:
             method.load_state_dict(state["method"])
             optimizer.load_state_dict(state["optimizer"])
@@ -169,8 +179,10 @@ def train_run(
             "status": run_status,
             "torch_rng": torch.get_rng_state(),
         }
+        buffer = io.BytesIO()  # serialise first: a full disk then fails as OSError(ENOSPC) in the write
+        torch.save(state, buffer)
         with atomic_path(ckpt_path, suffix=".pt") as tmp:
-            torch.save(state, tmp)
+            tmp.write_bytes(buffer.getvalue())
 
     preempted = {"flag": False}
 
@@ -178,7 +190,7 @@ def train_run(
         preempted["flag"] = True
 
     previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-    live = _open_live(out / "dvclive", resume=start_epoch > 0)
+    live = _open_live(out / "dvclive", history)
     t_start = time.perf_counter()
     try:
         for epoch in range(start_epoch, tcfg["epochs"]):
@@ -244,10 +256,7 @@ def train_run(
                     "images_per_second": seen / seconds if seconds > 0 else None,
                 }
                 history.append(record)
-                if live is not None:
-                    for key in ("loss", "accuracy", "lr", "images_per_second"):
-                        live.log_metric(f"train/{key}", record[key])
-                    live.next_step()
+                _log_live(live, record)
             save_checkpoint(epoch, status)
             if preempted["flag"] and epoch + 1 < tcfg["epochs"]:
                 raise _Preempted
@@ -295,14 +304,44 @@ def _bar(total: int, desc: str, enabled: bool):
     )
 
 
-def _open_live(directory: Path, resume: bool):
-    """DVCLive logger in the run's own folder (no DVC experiment, no dvc.yaml: parallel-safe)."""
+def _read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's state, or None (with a warning) when the file cannot be read: start over."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign: RuntimeError, EOFError, UnpicklingError, …
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        click.echo(f"warning: {path}: unreadable checkpoint ({reason}) — starting over", err=True)
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _open_live(directory: Path, history: list[dict[str, Any]]):
+    """DVCLive logger in the run's own folder (no DVC experiment, no dvc.yaml: parallel-safe).
+
+    The folder is rebuilt from the checkpoint's ``history`` on every start, so a run killed between an
+    epoch's log and its checkpoint (or mid-write of a log file) resumes with exactly one row per epoch.
+    """
     try:
         from dvclive import Live
     except ImportError:  # pragma: no cover - dvclive is a dependency
         return None
     with contextlib.redirect_stdout(sys.stderr):
-        return Live(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=False, report=None)
+        live = Live(dir=str(directory), resume=False, save_dvc_exp=False, dvcyaml=False, report=None)
+    for record in history:
+        _log_live(live, record)
+    return live
+
+
+def _log_live(live: Any, record: dict[str, Any]) -> None:
+    """One epoch's record as one DVCLive step."""
+    if live is None:
+        return
+    for key in ("loss", "accuracy", "lr", "images_per_second"):
+        if record.get(key) is not None:
+            live.log_metric(f"train/{key}", record[key])
+    live.next_step()
 
 
 @click.command("train")
@@ -336,7 +375,14 @@ def train_command(
         cfg["methods"][method_kind(method_id)]["lr"] = lr
     if device is not None:
         cfg["device"] = device
-    record = train_run(cfg, dataset, method_id, seed)
+    try:
+        record = train_run(cfg, dataset, method_id, seed)
+    except OSError as exc:  # a full disk outside atomic_path (e.g. the DVCLive logs)
+        from promptbias.io import disk_full_error
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(exc.filename or run_dir(dataset, method_id, seed)) from None
+        raise
     last = record["history"][-1] if record["history"] else {}
     click.echo(
         f"{dataset}/{method_id}/seed{seed}: {record['status']}, {record['epochs_completed']} epochs, "

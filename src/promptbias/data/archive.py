@@ -18,6 +18,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from promptbias.errors import UserError
@@ -31,11 +32,16 @@ def safe_extract(archive: Path, dest: Path, strip: str = "", max_bytes: int = DE
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
-        return _extract_zip(archive, dest, strip, max_bytes)
+        try:
+            return _extract_zip(archive, dest, strip, max_bytes)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise UserError(f"{archive}: damaged zip archive ({exc}) — delete it and fetch again") from None
     try:
         with tarfile.open(archive) as tar:
             return _extract_tar(tar, archive, dest, strip, max_bytes)
-    except tarfile.ReadError as exc:
+    except tarfile.FilterError as exc:  # the data filter's second line of defence (e.g. a symlink chain)
+        raise _refuse(archive, getattr(exc.tarinfo, "name", "?"), str(exc)) from None
+    except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error) as exc:
         raise UserError(
             f"{archive}: not a readable tar or zip archive ({exc}) — delete it and fetch again"
         ) from None
@@ -129,14 +135,18 @@ def _extract_zip(archive: Path, dest: Path, strip: str, max_bytes: int) -> list[
                 out.mkdir(parents=True, exist_ok=True)
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(out, "wb") as dst:
-                while chunk := src.read(_CHUNK):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        dst.close()
-                        out.unlink()
-                        raise _refuse(archive, info.filename, f"uncompressed size exceeds {max_bytes} bytes")
-                    dst.write(chunk)
+            try:
+                with zf.open(info) as src, open(out, "wb") as dst:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise _refuse(
+                                archive, info.filename, f"uncompressed size exceeds {max_bytes} bytes"
+                            )
+                        dst.write(chunk)
+            except BaseException:
+                out.unlink(missing_ok=True)  # never leave a half member behind
+                raise
             names.append(name)
     return names
 

@@ -52,7 +52,10 @@ def _alg(known_hash: str) -> str:
 
 
 class ChecksumLock:
-    """``{"<dataset>/<file>": {"sha256": …, "size": …}}``; read-modify-write under an flock."""
+    """``{"<dataset>/<file>": {"sha256": …, "size": …}}``; read-modify-write under an flock.
+
+    The flock is taken on the lock file's folder itself (no guard file is left behind).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -60,13 +63,16 @@ class ChecksumLock:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f".{self.path.name}.flock"), "w") as guard:
+        guard = os.open(self.path.parent, os.O_RDONLY)
+        try:
             fcntl.flock(guard, fcntl.LOCK_EX)
             data = self.read()
             before = json.dumps(data, sort_keys=True)
             yield data
-            if json.dumps(data, sort_keys=True) != before:
+            if json.dumps(data, sort_keys=True) != before and (data or self.path.exists()):
                 write_json(self.path, dict(sorted(data.items())))
+        finally:
+            os.close(guard)  # closing the descriptor releases the flock
 
     def read(self) -> dict[str, Any]:
         if not self.path.is_file():
@@ -75,6 +81,17 @@ class ChecksumLock:
             return json.loads(self.path.read_text())
         except json.JSONDecodeError:
             raise UserError(f"{self.path}: not valid JSON — restore it from git/DVC or delete it") from None
+
+    def forget(self, keys: set[str]) -> None:
+        """Drop ``keys`` (entries a failed fetch recorded); the file is removed when nothing is left."""
+        if not keys or not self.path.is_file():
+            return
+        with self._locked() as data:
+            for key in keys:
+                data.pop(key, None)
+            if not data:
+                self.path.unlink()
+                data.clear()
 
     def get(self, key: str) -> str | None:
         entry = self.read().get(key)

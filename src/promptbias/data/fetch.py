@@ -12,8 +12,10 @@ downloaded produces one line saying which file to place where.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import shutil
 from pathlib import Path
 
 from promptbias.data.archive import DEFAULT_MAX_BYTES, extract_nested, safe_extract
@@ -41,9 +43,50 @@ def fetch_dataset(
     root = Path(root)
     target = root / "raw" / spec.name
     done = root / "raw" / f"{spec.name}.json"
+    lock = ChecksumLock(root / LOCK_FILE)
+    downloads = root / "downloads" / spec.name
+    new_dirs = [d for d in (root, root / "raw", target, root / "downloads", downloads) if not d.exists()]
+    recorded = {key for key in lock.read() if key.startswith(f"{spec.name}/")}
+    try:
+        return _fetch(
+            spec, root, target, done, lock, source, keep_archives, demo_seed, max_bytes, retries, backoff
+        )
+    except UserError:
+        _roll_back(spec, target, lock, recorded, new_dirs)
+        raise
+
+
+def _roll_back(
+    spec: DatasetSpec, target: Path, lock: ChecksumLock, recorded: set[str], new_dirs: list[Path]
+) -> None:
+    """After a failed fetch, remove what it created: a dataset folder that did not exist before (links,
+    partial extraction), lock entries it recorded, and folders left empty. Downloads (resumable) stay."""
+    if target in new_dirs:
+        shutil.rmtree(target, ignore_errors=True)  # symlinks are unlinked, never followed
+    added = {key for key in lock.read() if key.startswith(f"{spec.name}/")} - recorded
+    lock.forget(added)
+    for folder in reversed(new_dirs):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
+def _fetch(
+    spec: DatasetSpec,
+    root: Path,
+    target: Path,
+    done: Path,
+    lock: ChecksumLock,
+    source: Path | str | None,
+    keep_archives: bool,
+    demo_seed: int,
+    max_bytes: int,
+    retries: int,
+    backoff: float,
+) -> Path:
+    if spec.generator is None and source is not None:
+        _source_folder(spec, Path(source))  # a wrong --from fails before anything is touched
     done.unlink(missing_ok=True)
     target.mkdir(parents=True, exist_ok=True)
-    lock = ChecksumLock(root / LOCK_FILE)
     if spec.generator is not None:
         _generate(spec, target, demo_seed)
     elif source is not None:
@@ -69,15 +112,7 @@ def _generate(spec: DatasetSpec, target: Path, seed: int) -> None:
 
 def link_copy(spec: DatasetSpec, source: Path, target: Path) -> Path:
     """Symlink each top-level entry of an existing copy (``source/<folder>`` or ``source``) into target."""
-    folder = source / spec.folder
-    if not folder.is_dir():
-        if source.is_dir() and source.name == spec.folder:
-            folder = source
-        else:
-            raise UserError(
-                f"{source}: no {spec.folder}/ folder there — point --from / data.source_root at a CoOp DATA "
-                f"folder that contains {spec.folder}/"
-            )
+    folder = _source_folder(spec, source)
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.name in ("split_fewshot", "preprocessed.pkl"):
             continue
@@ -88,6 +123,19 @@ def link_copy(spec: DatasetSpec, source: Path, target: Path) -> Path:
             continue  # a real file/folder already there (e.g. a previous download) wins
         os.symlink(entry.resolve(), dst, target_is_directory=entry.is_dir())
     return folder
+
+
+def _source_folder(spec: DatasetSpec, source: Path) -> Path:
+    """The dataset's folder inside an existing CoOp copy (``source/<folder>`` or ``source`` itself)."""
+    folder = source / spec.folder
+    if folder.is_dir():
+        return folder
+    if source.is_dir() and source.name == spec.folder:
+        return source
+    raise UserError(
+        f"{source}: no {spec.folder}/ folder there — point --from / data.source_root at a CoOp DATA "
+        f"folder that contains {spec.folder}/"
+    )
 
 
 def _manual_error(spec: DatasetSpec, rf: RemoteFile, target: Path, why: str) -> UserError:

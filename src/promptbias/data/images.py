@@ -130,15 +130,21 @@ def build_cache(
     bad_set = set(bad)
     skipped = [paths[i] for i in bad]
     kept = [p for i, p in enumerate(paths) if i not in bad_set]
-    with atomic_path(npy, suffix=".npy") as tmp:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=arr.shape)
-        mm[:] = arr
-        mm.flush()
-        del mm
+    with atomic_path(npy, suffix=".npy") as tmp, open(tmp, "wb") as fh:
+        # streamed in chunks through fh.write (not a memmap, not ndarray.tofile): a full disk is then an
+        # OSError(ENOSPC) → one-line error, instead of a SIGBUS crash or an OSError without errno
+        np.lib.format.write_array(_ChunkWriter(fh), np.ascontiguousarray(arr), allow_pickle=False)
     write_json(
         index, {"dataset": dataset, "size": size, "count": len(kept), "paths": kept, "skipped": skipped}
     )
     return npy
+
+
+class _ChunkWriter:
+    """Only a ``write`` method: numpy's ``write_array`` then writes in buffered chunks via ``write``."""
+
+    def __init__(self, fh: Any) -> None:
+        self.write = fh.write
 
 
 def _cache_lookup(

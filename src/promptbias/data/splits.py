@@ -13,6 +13,7 @@ reference ones. Items keep their relative paths, so the output is the same on ev
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,18 @@ def load_split(root: Path | str, dataset: str) -> dict[str, Any]:
         raise UserError(
             f"{path}: dataset {dataset!r} is not fetched — run `promptbias fetch {dataset}` first"
         )
-    return read_json(path)
+    return _read(path, f"promptbias fetch {dataset}")
+
+
+def _read(path: Path, remake: str) -> dict[str, Any]:
+    """A split json; an unreadable one is a UserError saying how to remake it."""
+    try:
+        data = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON (damaged) — delete it and run `{remake}` again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("train"), list):
+        raise UserError(f"{path}: not a promptbias split file — delete it and run `{remake}` again")
+    return data
 
 
 def load_fewshot(root: Path | str, dataset: str, shots: int, seed: int) -> dict[str, Any]:
@@ -69,4 +81,4 @@ def load_fewshot(root: Path | str, dataset: str, shots: int, seed: int) -> dict[
         raise UserError(
             f"{path}: few-shot split missing — run `promptbias split {dataset} --shots {shots} --seed {seed}` first"
         )
-    return read_json(path)
+    return _read(path, f"promptbias split {dataset} --shots {shots} --seed {seed}")
