@@ -117,7 +117,8 @@ def run_command(
     for name in list(stale)[:20]:
         click.echo(f"  {name}", err=True)
 
-    base = [snakemake, *targets, *config_args, *snakemake_args]
+    # every output is written atomically, so a file left by a killed run is complete: never refuse it
+    base = [snakemake, *targets, *config_args, "--rerun-incomplete", *snakemake_args]
     _call([*base, "--touch", "--cores", "1"], "snakemake --touch")
     run = [*base, "--cores", cores, "--resources", f"gpu={gpus}"]
     if forced:
@@ -126,12 +127,21 @@ def run_command(
         run.append("--dry-run")
     _call(run, "snakemake")
     if not dry_run:
-        _call([dvc, "commit", "--force", "--quiet"], "dvc commit")
+        # commit the stages whose outputs exist (a --target run builds only part of dvc.yaml)
+        built = [job.name for job in pipe.jobs() if all(Path(p).exists() for p in job.out_paths)]
+        if built:
+            _call([dvc, "commit", "--force", "--quiet", *built], "dvc commit")
         click.echo("ok: DAG up to date; dvc.lock updated (commit it with git)", err=True)
 
 
 def _call(argv: list[str], what: str) -> None:
     click.echo(f"$ {shlex.join([Path(argv[0]).name, *argv[1:]])[:400]}", err=True)
-    res = subprocess.run(argv, check=False)
-    if res.returncode != 0:
-        raise UserError(f"{what} failed (exit {res.returncode}) — see its output above; fix and rerun")
+    proc = subprocess.Popen(argv)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # the child got the Ctrl-C too: let it clean up (Snakemake's lock) and stop
+        code = proc.wait()
+        click.echo(f"interrupted: {what} stopped (exit {code}); rerun `promptbias run` to continue", err=True)
+        raise SystemExit(130) from None
+    if code != 0:
+        raise UserError(f"{what} failed (exit {code}) — see its output above; fix and rerun")

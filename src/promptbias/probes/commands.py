@@ -55,6 +55,7 @@ def probe(ctx: Any, kinds: tuple[str, ...], dataset: str, method_id: str, seed: 
 
 def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, seed: int) -> None:
     import numpy as np
+    import torch
 
     from promptbias.data import images as data_images
     from promptbias.io import atomic_path, provenance, write_json
@@ -63,6 +64,7 @@ def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, se
 
     pcfg = cfg["probes"]
     settings = ProbeSettings.from_config(pcfg)
+    torch.manual_seed(seed)  # like train/evaluate: a random-init backbone (pretrained: null) is the same one
     clip = load_backbone(cfg)
     clip.model.float()  # probes run in fp32
     ds = dataset_info(cfg, dataset)
