@@ -23,22 +23,11 @@ import torch.nn.functional as F
 from promptbias.methods.base import Method, clean_classname
 from promptbias.model.encoders import Recorder, TextParts, encode_image, encode_text, eos_positions
 from promptbias.model.loading import LoadedClip
+from promptbias.tables import PROBE_COLUMNS
 
 TEXT_GROUPS = ("sos", "prompt", "template", "category", "period", "eos")
 VISION_GROUPS = ("cls", "patches", "prompts")
-TABLE_COLUMNS = (
-    "dataset",
-    "method",
-    "seed",
-    "probe",
-    "branch",
-    "layer",
-    "head",
-    "variant",
-    "key",
-    "value",
-    "n",
-)
+TABLE_COLUMNS = PROBE_COLUMNS
 
 
 @dataclass

@@ -19,20 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from promptbias.runs import METRICS, PROBES
+from promptbias.tables import PROBE_COLUMNS
 
-PROBE_COLUMNS = (
-    "dataset",
-    "method",
-    "seed",
-    "probe",
-    "branch",
-    "layer",
-    "head",
-    "variant",
-    "key",
-    "value",
-    "n",
-)
 _GROUP = ["branch", "layer", "head", "variant", "key"]
 
 
