@@ -79,8 +79,10 @@ class Workspace:
         cmd = [sys.executable, "-m", "promptbias.cli", "--params", str(self.params), *args]
         return subprocess.run(cmd, cwd=self.path, capture_output=True, text=True, **kwargs)
 
-    def popen(self, *args: str) -> subprocess.Popen:
+    def popen(self, *args: str, fault: str | None = None) -> subprocess.Popen:
+        """Start the CLI; ``fault`` sets PROMPTBIAS_FAULT (see promptbias.io.atomic_path)."""
         cmd = [sys.executable, "-m", "promptbias.cli", "--params", str(self.params), *args]
+        env = dict(os.environ, **({"PROMPTBIAS_FAULT": fault} if fault else {}))
         return subprocess.Popen(
-            cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
