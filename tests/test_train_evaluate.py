@@ -107,10 +107,11 @@ def test_train_evaluate_same_seed_gives_identical_metrics(workspace, tmp_path):
 
 
 def test_kill_after_an_epoch_then_resume_matches_uninterrupted(workspace, tmp_path):
-    straight = workspace.copy(tmp_path / "straight")
-    straight.cli(
+    straight = workspace.copy(tmp_path / "straight")  # same process kind and thread count as the resumed run
+    done = straight.run(
         "--set", "train.epochs=4", "train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"
     )
+    assert done.returncode == 0, done.stderr
     killed = workspace.copy(tmp_path / "killed")
     # SIGKILL right before the second checkpoint's rename: epoch 1 is saved, epoch 2 is lost
     # (a tiny run finishes all epochs in milliseconds, so an external kill would race it)

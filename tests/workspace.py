@@ -77,12 +77,18 @@ class Workspace:
 
     def run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "promptbias.cli", "--params", str(self.params), *args]
-        return subprocess.run(cmd, cwd=self.path, capture_output=True, text=True, **kwargs)
+        return subprocess.run(cmd, cwd=self.path, capture_output=True, text=True, env=_env(), **kwargs)
 
     def popen(self, *args: str, fault: str | None = None) -> subprocess.Popen:
         """Start the CLI; ``fault`` sets PROMPTBIAS_FAULT (see promptbias.io.atomic_path)."""
         cmd = [sys.executable, "-m", "promptbias.cli", "--params", str(self.params), *args]
-        env = dict(os.environ, **({"PROMPTBIAS_FAULT": fault} if fault else {}))
+        env = _env(**({"PROMPTBIAS_FAULT": fault} if fault else {}))
         return subprocess.Popen(
             cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """Subprocess environment: one thread, so results are bit-identical across processes (the float
+    reduction order depends on the thread count) and tiny models run fast on a shared machine."""
+    return dict(os.environ, OMP_NUM_THREADS="1", **extra)
