@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from promptbias.render.inputs import Inputs, select
-from promptbias.render.registry import Gap, Item, figure_paths, register
+from promptbias.render.registry import Gap, Item, per_dataset_figure_paths, register
 from promptbias.render.style import dataset_label, gap_panel, save_figure, subplots
 
 GROUPS = {
@@ -113,8 +113,7 @@ def _items(cfg: dict[str, Any]) -> list[Item]:
     ]
 
 
-def _outputs(cfg: dict[str, Any]):
-    return [p for d in cfg["sweep"]["datasets"] for p in figure_paths(cfg, f"{STEM}_{d}")]
+_outputs = per_dataset_figure_paths(STEM)
 
 
 @register("fig4", "Fig. 4 — attention shares", _items, _outputs, order=30)

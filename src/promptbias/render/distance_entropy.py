@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from promptbias.render.inputs import Inputs, scalar, select
-from promptbias.render.registry import Gap, Item, figure_paths, register
+from promptbias.render.registry import Gap, Item, per_dataset_figure_paths, register
 from promptbias.render.style import COLORS, dataset_label, gap_panel, save_figure, subplots
 
 COLUMNS = (("CLIP", COLORS["clip"]), ("W/O Prompt", "#ff7f0e"), ("W Prompt", COLORS["prompt"]))
@@ -97,8 +97,7 @@ def _items(cfg: dict[str, Any]) -> list[Item]:
     ]
 
 
-def _outputs(cfg: dict[str, Any]):
-    return [p for d in cfg["sweep"]["datasets"] for p in figure_paths(cfg, f"{STEM}_{d}")]
+_outputs = per_dataset_figure_paths(STEM)
 
 
 @register("fig5", "Fig. 5 — attention distance and entropy", _items, _outputs, order=40)

@@ -19,7 +19,7 @@ import matplotlib
 import numpy as np
 
 from promptbias.render.inputs import Inputs
-from promptbias.render.registry import Gap, Item, figure_paths, register
+from promptbias.render.registry import Gap, Item, per_dataset_figure_paths, register
 from promptbias.render.style import dataset_label, gap_figure, save_figure, subplots
 
 STEM = "fig6_maps"
@@ -153,8 +153,7 @@ def _items(cfg: dict[str, Any]) -> list[Item]:
     return [Item(f"{STEM}_{d}", f"Fig. 6 — maps, {dataset_label(d)}", _CAP) for d in cfg["sweep"]["datasets"]]
 
 
-def _outputs(cfg: dict[str, Any]):
-    return [p for d in cfg["sweep"]["datasets"] for p in figure_paths(cfg, f"{STEM}_{d}")]
+_outputs = per_dataset_figure_paths(STEM)
 
 
 @register("fig6", "Fig. 6 — attention and similarity maps", _items, _outputs, order=50)

@@ -82,5 +82,14 @@ def figure_paths(cfg: dict[str, Any], stem: str) -> list[Path]:
     return [FIGURES / f"{stem}.{fmt}" for fmt in figure_formats(cfg)]
 
 
+def per_dataset_figure_paths(stem: str) -> Callable[[dict[str, Any]], list[Path]]:
+    """The outputs function of a renderer that draws one figure ``<stem>_<dataset>`` per sweep dataset."""
+
+    def outputs(cfg: dict[str, Any]) -> list[Path]:
+        return [p for d in cfg["sweep"]["datasets"] for p in figure_paths(cfg, f"{stem}_{d}")]
+
+    return outputs
+
+
 def ordered() -> list[Renderer]:
     return sorted(RENDERERS.values(), key=lambda r: (r.order, r.name))
