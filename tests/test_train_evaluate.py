@@ -14,6 +14,8 @@ from promptbias.evaluate import accuracy_report
 from promptbias.train import Schedule
 from tests.workspace import Workspace
 
+TRAIN_BIAS = ("train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1")
+
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
@@ -108,9 +110,7 @@ def test_train_evaluate_same_seed_gives_identical_metrics(workspace, tmp_path):
 
 def test_kill_after_an_epoch_then_resume_matches_uninterrupted(workspace, tmp_path):
     straight = workspace.copy(tmp_path / "straight")  # same process kind and thread count as the resumed run
-    done = straight.run(
-        "--set", "train.epochs=4", "train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"
-    )
+    done = straight.run("--set", "train.epochs=4", *TRAIN_BIAS)
     assert done.returncode == 0, done.stderr
     killed = workspace.copy(tmp_path / "killed")
     # SIGKILL right before the second checkpoint's rename: epoch 1 is saved, epoch 2 is lost
@@ -118,13 +118,7 @@ def test_kill_after_an_epoch_then_resume_matches_uninterrupted(workspace, tmp_pa
     proc = killed.popen(
         "--set",
         "train.epochs=4",
-        "train",
-        "--dataset",
-        "demo_shapes",
-        "--method",
-        "bias",
-        "--seed",
-        "1",
+        *TRAIN_BIAS,
         fault="checkpoint.pt:kill:2",
     )
     proc.communicate(timeout=300)
@@ -132,9 +126,7 @@ def test_kill_after_an_epoch_then_resume_matches_uninterrupted(workspace, tmp_pa
     ckpt = killed.path / "runs/demo_shapes/bias/seed1/checkpoint.pt"
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0
     assert not (killed.path / "runs/demo_shapes/bias/seed1/params.safetensors").exists()
-    resumed = killed.run(
-        "--set", "train.epochs=4", "train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"
-    )
+    resumed = killed.run("--set", "train.epochs=4", *TRAIN_BIAS)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     run = "runs/demo_shapes/bias/seed1/"
@@ -152,13 +144,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue(workspace, tmp_path):
     proc = ws.popen(
         "--set",
         "train.epochs=50",
-        "train",
-        "--dataset",
-        "demo_shapes",
-        "--method",
-        "bias",
-        "--seed",
-        "1",
+        *TRAIN_BIAS,
         fault="checkpoint.pt:term:2",
     )
     ckpt = ws.path / "runs/demo_shapes/bias/seed1/checkpoint.pt"
