@@ -4,7 +4,8 @@
 
 The last-epoch parameters are read from ``runs/<ds>/<method>/seed<S>/params.safetensors`` (zero-shot is
 built from the dataset template). Text features are computed once; test images come from the decoded
-uint8 cache when present. Besides the full test split, the seed's few-shot validation split is scored
+uint8 cache when present; when no learnable tensor enters the image tower (zero-shot) the test image
+features are computed once per dataset and shared by the seeds (:mod:`promptbias.frozen_features`). Besides the full test split, the seed's few-shot validation split is scored
 (``val_accuracy``) so the OPTIMAL prompt configuration can be selected without looking at the test set.
 
 Writes ``metrics/<ds>/<method>/seed<S>.json`` — small and flat, for ``dvc metrics diff`` — and the
@@ -39,8 +40,10 @@ def accuracy_report(predictions: Any, labels: Any, n_classes: int) -> dict[str, 
     }
 
 
-def predict(method: Any, clip: Any, pictures: Any, batch_size: int, precision: str, desc: str = "") -> Any:
-    """Arg-max class for every uint8 image (N×3×S×S), text features computed once."""
+def image_features(
+    method: Any, clip: Any, pictures: Any, batch_size: int, precision: str, desc: str = ""
+) -> Any:
+    """The method's L2-normalised image features of every uint8 image (N×3×S×S) → N×E on the CPU."""
     import torch
     from tqdm import tqdm
 
@@ -49,9 +52,8 @@ def predict(method: Any, clip: Any, pictures: Any, batch_size: int, precision: s
     device = clip.device
     mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    preds = []
+    feats = []
     with torch.no_grad(), autocast(device, precision):
-        text = method.text_features(clip.model)  # C×E, once per evaluation
         for start in tqdm(
             range(0, len(pictures), batch_size),
             desc=desc,
@@ -61,7 +63,36 @@ def predict(method: Any, clip: Any, pictures: Any, batch_size: int, precision: s
         ):
             x = pictures[start : start + batch_size].to(device, non_blocking=True)
             x = (x.float() / 255.0 - mean) / std  # B×3×S×S
-            preds.append(method.logits(clip.model, x, text).argmax(-1).cpu())
+            feats.append(method.image_features(clip.model, x).cpu())  # B×E
+    return torch.cat(feats) if feats else torch.zeros(0, 0)
+
+
+def predict(
+    method: Any,
+    clip: Any,
+    pictures: Any,
+    batch_size: int,
+    precision: str,
+    desc: str = "",
+    features: Any = None,
+) -> Any:
+    """Arg-max class for every image; text features computed once. ``features`` (N×E, from
+    :func:`image_features`, e.g. memoised) skips the image tower; the logits are taken over the same
+    batch slices either way, so the predictions are identical."""
+    import torch
+
+    from promptbias.train import autocast
+
+    if features is None:
+        features = image_features(method, clip, pictures, batch_size, precision, desc)
+    device = clip.device
+    preds = []
+    with torch.no_grad(), autocast(device, precision):
+        text = method.text_features(clip.model)  # C×E, once per evaluation
+        scale = clip.model.logit_scale.exp()
+        for start in range(0, len(features), batch_size):
+            img = features[start : start + batch_size].to(device)  # B×E
+            preds.append((scale * img @ text.to(img.dtype).T).argmax(-1).cpu())  # B×C → B
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
@@ -84,7 +115,20 @@ def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -
 
     t0 = time.perf_counter()
     test_x, test_y = images.load_eval_images(root, dataset, ds.split["test"], clip.image_size, cache=cache)
-    test_pred = predict(method, clip, test_x, batch, precision, desc=f"{dataset}/{method_id}/seed{seed} test")
+    desc = f"{dataset}/{method_id}/seed{seed} test"
+    if method.vision_is_constant:  # the frozen image tower alone: the same features for every seed
+        from promptbias import frozen_features
+
+        test_f, _ = frozen_features.memo(
+            cfg,
+            clip,
+            dataset,
+            [item[0] for item in ds.split["test"]],
+            lambda: image_features(method, clip, test_x, batch, precision, desc),
+        )
+        test_pred = predict(method, clip, test_x, batch, precision, features=test_f)
+    else:
+        test_pred = predict(method, clip, test_x, batch, precision, desc=desc)
     seconds = time.perf_counter() - t0
     test = accuracy_report(test_pred, test_y, len(ds.classnames))
 

@@ -82,6 +82,11 @@ class Method(nn.Module):
         """True when no learnable tensor enters the text tower (features can be computed once)."""
         return not any(t is not None for t in (*self.text_prompts(), *self.text_biases()))
 
+    @property
+    def vision_is_constant(self) -> bool:
+        """True when no learnable tensor enters the image tower (features are the same for every seed)."""
+        return not any(t is not None for t in (*self.vision_prompts(), *self.vision_biases()))
+
     # -- shared machinery -----------------------------------------------------------------
     def _tokenize(self, clip: LoadedClip) -> None:
         """Tokenise the class captions once; kept as a non-persistent buffer (C×L)."""
