@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from promptbias.data.demo import DEMO_DATASETS, caption_corpus, generate_dataset
+from promptbias.data.demo import DEMO_DATASETS, RARE_TEXTURES, caption_corpus, generate_dataset
 
 TINY = (2, 1, 3)  # train, val, test images per class
 
@@ -68,11 +69,15 @@ def test_full_size_counts_allow_16_shots(tmp_path: Path) -> None:
 def test_class_names_informative_vs_not() -> None:
     shapes = DEMO_DATASETS["demo_shapes"].classnames
     assert all(len(c.split()) == 2 for c in shapes)  # "<colour> <shape>"
-    _, captions = caption_corpus(seed=0, n=300, image_size=32)
-    words = {w.strip(".,") for cap in captions for w in cap.split()}
+    _, captions = caption_corpus(seed=0, n=2000, image_size=8)
+    counts = Counter(w.strip(".,") for cap in captions for w in cap.split())
     textures = DEMO_DATASETS["demo_textures"].classnames
-    assert any(c not in words for c in textures)  # some texture names never occur in the corpus
-    assert any(c in words for c in textures)
+    assert all(counts[c] > 0 for c in textures)  # every name is a word the text tower learns …
+    common = [counts[c] for c in textures if c not in RARE_TEXTURES]
+    rare = [counts[c] for c in RARE_TEXTURES]
+    assert max(rare) < 0.5 * min(common)  # … but four of them are rare
+    colors = [c.split()[0] for c in DEMO_DATASETS["demo_shapes"].classnames]
+    assert len(set(colors)) == len(colors)  # one colour per shapes class
 
 
 def test_caption_corpus_shapes_and_determinism() -> None:

@@ -31,6 +31,9 @@ Keys read from ``cfg["demo"]`` (all optional; defaults in ``DEFAULTS``):
     weight_decay      0.1                on ≥2-D weights only
     warmup_steps      20                 linear warm-up, then cosine to 0
     corpus_size       null               pairs generated; null → steps × batch (each pair seen once)
+    texture_batch_share 0.3              share of batches (reached half-way, linear ramp from 0) made of
+                                         background-only pairs: hard negatives that differ in texture
+                                         alone, so the image tower learns textures, not just colour
     eval_datasets     [demo_shapes, demo_textures]   evaluated after training
     probe_shots       16                 shots per class of the linear probe
 
@@ -67,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.1,
     "warmup_steps": 20,
     "corpus_size": None,
+    "texture_batch_share": 0.3,
     "eval_datasets": ["demo_shapes", "demo_textures"],
     "probe_shots": 16,
 }
@@ -148,7 +152,7 @@ def pretrain(
     """Pretrain the demo CLIP; returns the trained model (eval mode) and the training record."""
     from tqdm import tqdm
 
-    from promptbias.data.demo import caption_corpus
+    from promptbias.data.demo import background_only, caption_corpus
     from promptbias.model import load_clip
 
     threads = _set_threads()
@@ -167,20 +171,30 @@ def pretrain(
 
     steps, batch, n = settings["pretrain_steps"], settings["batch_size"], len(captions)
     opt = torch.optim.AdamW(
-        _param_groups(model, settings["weight_decay"]), lr=settings["lr"], betas=(0.9, 0.98), eps=1e-6
+        _param_groups(model, settings["weight_decay"]),
+        lr=settings["lr"],
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        fused=True,  # one kernel over all tensors: the 49,408-row token embedding made the step 20% optimiser
     )
     gen = torch.Generator().manual_seed(settings["pretrain_seed"])
     order = torch.randperm(n, generator=gen)
+    bare = torch.from_numpy(background_only(captions)).nonzero().flatten()  # background-only pairs
     cursor, losses, lrs = 0, [], []
     t1 = time.perf_counter()
     bar = tqdm(
         range(steps), desc="pretrain demo CLIP", disable=None if show_progress is None else not show_progress
     )
     for step in bar:
-        if cursor + batch > n:  # next epoch: reshuffle, drop the partial batch
-            order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor : cursor + batch]
-        cursor += batch
+        # texture batches phase in over the first half: colour and objects are learned first
+        share = settings["texture_batch_share"] * min(1.0, 2 * step / steps)
+        if float(torch.rand(1, generator=gen)) < share and len(bare) >= batch:
+            idx = bare[torch.randperm(len(bare), generator=gen)[:batch]]  # negatives differ in texture only
+        else:
+            if cursor + batch > n:  # next pass over the corpus: reshuffle, drop the partial batch
+                order, cursor = torch.randperm(n, generator=gen), 0
+            idx = order[cursor : cursor + batch]
+            cursor += batch
         lr = _lr_at(step, steps, settings["lr"], settings["warmup_steps"])
         for group in opt.param_groups:
             group["lr"] = lr

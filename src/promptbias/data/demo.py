@@ -7,21 +7,23 @@ Everything the offline demo needs comes from here, deterministic from one intege
     images, captions = caption_corpus(seed=0, n=20_000, image_size=64)        # N×S×S×3 uint8, N captions
     DEMO_DATASETS["demo_textures"].classnames, DEMO_DATASETS["demo_textures"].template
 
-The world: 8 shapes (circle, square, …) × 7 colours, three sizes, random position and rotation, on
-one of 7 background patterns (plain, striped, checkered, dotted, wavy, grid, noisy) in two muted
-tones, with clutter (thin grey strokes and specks) and pixel noise. The caption corpus describes the
-main object and the background ("a photo of a small red circle on a striped background."); 30% of the
-corpus are background-only images ("a photo of a dotted background.").
+The world: 8 shapes (circle, square, …) × 10 colours, three sizes, random position and rotation, on
+one of 11 background patterns (plain, striped, checkered, dotted, wavy, grid, noisy, and the rarer
+zigzag, marbled, woven, cracked) in two muted tones, with clutter (thin grey strokes and specks) and
+pixel noise. The caption corpus describes the main object and the background ("a photo of a small red
+circle on a striped background."); 30% of the corpus are background-only images ("a photo of a dotted
+background."), most of them in saturated tones. The four rare textures occur a quarter as often.
 
 Two datasets are cut from the world, in the CoOp on-disk layout (``split_<name>.json`` =
 ``{"train": [[rel_path, label, classname], ...], "val": [...], "test": [...]}``):
 
-* ``demo_shapes`` — 10 colour×shape classes ("red circle", …) with informative names, drawn like the
-  corpus plus a dataset style (small distractor shapes, an outline, a colour cast). Zero-shot works.
+* ``demo_shapes`` — 10 colour×shape classes ("red circle", …; one colour each) with informative names,
+  drawn like the corpus plus a dataset style (small distractor shapes, an outline, a strong warm colour
+  cast). Zero-shot works; the cast is a shared shift that tuning can learn to undo.
 * ``demo_textures`` — the EuroSAT analogue: 10 full-frame texture classes under a domain shift
-  (saturated colours, other scales, blur, no object). Six names are background words the text tower
-  saw in a different context; four ("zigzag", "marbled", "woven", "cracked") never occur in the corpus,
-  so their names carry no information. Zero-shot is above chance but low; tuning gains are large.
+  (saturated tones, other scales, blur, no object), each class in its own palette (as land-cover classes
+  have colours) that the class names do not describe; four names are rare in the corpus. Zero-shot is
+  above chance but low.
 
 Every image draws from its own ``numpy.random.Generator`` seeded by (seed, dataset, split, index), so
 files are byte-identical for the same seed whatever the order of generation. Image files are 72–96 px
@@ -51,6 +53,9 @@ COLORS: dict[str, tuple[float, float, float]] = {  # name -> HSV centre (h in [0
     "blue": (0.62, 0.80, 0.85),
     "purple": (0.78, 0.65, 0.70),
     "pink": (0.92, 0.45, 0.95),
+    "cyan": (0.50, 0.80, 0.85),
+    "brown": (0.07, 0.75, 0.45),
+    "black": (0.00, 0.00, 0.08),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "hexagon", "diamond", "ring")
 SIZES: dict[str, tuple[float, float]] = {  # name -> radius range as a fraction of the image side
@@ -60,7 +65,11 @@ SIZES: dict[str, tuple[float, float]] = {  # name -> radius range as a fraction 
 }
 BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "checkered", "dotted", "wavy", "grid", "noisy")
 BACKGROUND_ONLY_SHARE = 0.3  # of the caption corpus: images of a bare background
-UNSEEN_TEXTURES: tuple[str, ...] = ("zigzag", "marbled", "woven", "cracked")  # never in the corpus
+VIVID_SHARE = 0.8  # of the background-only images: saturated tones (objects always sit on muted ones)
+RARE_TEXTURES: tuple[str, ...] = ("zigzag", "marbled", "woven", "cracked")  # a quarter as frequent
+CORPUS_BACKGROUNDS: tuple[str, ...] = (*BACKGROUNDS, *RARE_TEXTURES)  # patterns drawn in the corpus
+_BACKGROUND_WEIGHTS = np.array([1.0] * len(BACKGROUNDS) + [0.25] * len(RARE_TEXTURES))
+_BACKGROUND_WEIGHTS /= _BACKGROUND_WEIGHTS.sum()
 
 
 @dataclass(frozen=True)
@@ -85,15 +94,15 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         name="demo_shapes",
         folders=(
             "red_circle",
-            "red_square",
-            "blue_circle",
-            "blue_triangle",
-            "green_star",
-            "green_cross",
-            "yellow_triangle",
             "orange_hexagon",
+            "yellow_triangle",
+            "green_star",
+            "cyan_cross",
+            "blue_square",
             "purple_diamond",
             "pink_ring",
+            "brown_circle",
+            "black_triangle",
         ),
         template="a photo of a {}.",
         n_train=32,
@@ -103,7 +112,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
     ),
     "demo_textures": DemoDataset(
         name="demo_textures",
-        folders=("striped", "checkered", "dotted", "wavy", "grid", "noisy", *UNSEEN_TEXTURES),
+        folders=("striped", "checkered", "dotted", "wavy", "grid", "noisy", *RARE_TEXTURES),
         template="a photo of a {} background.",
         n_train=32,
         n_val=8,
@@ -150,9 +159,9 @@ def _muted_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _vivid_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two saturated tones (the texture domain shift)."""
-    h = rng.random()
+def _vivid_pair(rng: np.random.Generator, hue: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Two saturated tones (the texture domain shift); ``hue`` fixes the first tone's hue (± jitter)."""
+    h = rng.random() if hue is None else (hue + rng.normal(0, 0.03)) % 1.0
     return (
         _hsv_to_rgb(h, rng.uniform(0.5, 0.9), rng.uniform(0.3, 0.6)),
         _hsv_to_rgb((h + rng.uniform(0.15, 0.5)) % 1, rng.uniform(0.4, 0.9), rng.uniform(0.7, 1.0)),
@@ -172,7 +181,7 @@ def _pattern(rng: np.random.Generator, kind: str, h: int, w: int, scale: float) 
     theta = rng.uniform(0, np.pi)
     u = xx * np.cos(theta) + yy * np.sin(theta) + rng.uniform(0, 100)
     v = -xx * np.sin(theta) + yy * np.cos(theta) + rng.uniform(0, 100)
-    p = min(h, w) * rng.uniform(0.11, 0.22) * scale  # period in pixels (relative to the image side)
+    p = min(h, w) * rng.uniform(0.16, 0.3) * scale  # period in pixels (relative to the image side)
     if kind == "plain":
         return np.zeros((h, w))
     if kind == "striped":
@@ -213,9 +222,11 @@ def _pattern(rng: np.random.Generator, kind: str, h: int, w: int, scale: float) 
     raise ValueError(f"unknown pattern {kind!r}")
 
 
-def _background(rng: np.random.Generator, kind: str, h: int, w: int, vivid: bool = False) -> np.ndarray:
+def _background(
+    rng: np.random.Generator, kind: str, h: int, w: int, vivid: bool = False, hue: float | None = None
+) -> np.ndarray:
     """H×W×3 float RGB in [0, 255]."""
-    c0, c1 = _vivid_pair(rng) if vivid else _muted_pair(rng)
+    c0, c1 = _vivid_pair(rng, hue) if vivid else _muted_pair(rng)
     mask = _pattern(rng, kind, h, w, scale=rng.uniform(0.7, 1.3) if vivid else 1.0)[..., None]  # H×W×1
     return c0 * (1 - mask) + c1 * mask
 
@@ -358,9 +369,12 @@ def render_scene(
     return _finish(rng, arr, rng.uniform(0, 8))
 
 
-def render_texture(rng: np.random.Generator, kind: str, width: int, height: int) -> np.ndarray:
-    """A full-frame texture in the shifted domain (vivid tones, other scales, blur, noise) → uint8 H×W×3."""
-    arr = _background(rng, kind, height, width, vivid=True)
+def render_texture(
+    rng: np.random.Generator, kind: str, width: int, height: int, hue: float | None = None
+) -> np.ndarray:
+    """A full-frame texture in the shifted domain (vivid tones, other scales, blur, noise) → uint8 H×W×3.
+    ``hue`` is the class palette: the base tone's hue (jittered), as land-cover classes have colours."""
+    arr = _background(rng, kind, height, width, vivid=True, hue=hue)
     img = Image.fromarray(_finish(rng, arr, 0.0))
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
@@ -399,9 +413,10 @@ def caption_corpus(seed: int, n: int, image_size: int) -> tuple[np.ndarray, list
     colors, sizes = list(COLORS), list(SIZES)
     for i in range(n):
         rng = _rng(seed, "corpus", i)
-        bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+        bg = CORPUS_BACKGROUNDS[int(rng.choice(len(CORPUS_BACKGROUNDS), p=_BACKGROUND_WEIGHTS))]
         if rng.random() < BACKGROUND_ONLY_SHARE:
-            images[i] = _finish(rng, _background(rng, bg, image_size, image_size), rng.uniform(0, 8))
+            vivid = bool(rng.random() < VIVID_SHARE)
+            images[i] = _finish(rng, _background(rng, bg, image_size, image_size, vivid), rng.uniform(0, 8))
             captions.append(caption_for(rng, None, bg))
             continue
         scene = Scene(
@@ -413,6 +428,12 @@ def caption_corpus(seed: int, n: int, image_size: int) -> tuple[np.ndarray, list
         images[i] = render_scene(rng, scene, image_size, image_size)
         captions.append(caption_for(rng, scene, bg))
     return images, captions
+
+
+def background_only(captions: list[str]) -> np.ndarray:
+    """Which corpus captions describe a bare background (no colour word: no object). → bool N."""
+    colors = set(COLORS)
+    return np.array([not colors.intersection(c.rstrip(".").split()) for c in captions], dtype=bool)
 
 
 # ---------------------------------------------------------------------------------------- datasets
@@ -433,10 +454,11 @@ def _dataset_image(name: str, folder: str, rng: np.random.Generator) -> np.ndarr
             height,
             distractors=int(rng.integers(1, 4)),
             outline=1,
-            cast=rng.uniform(0.1, 0.3),
+            cast=rng.uniform(0.2, 0.4),
         )
     if name == "demo_textures":
-        return render_texture(rng, folder, width, height)
+        palette = DEMO_DATASETS[name].folders.index(folder) / len(DEMO_DATASETS[name].folders)
+        return render_texture(rng, folder, width, height, hue=palette)
     raise KeyError(name)
 
 
