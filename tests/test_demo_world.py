@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from promptbias.data.demo import DEMO_DATASETS, RARE_TEXTURES, caption_corpus, generate_dataset
+from promptbias.data.demo import (
+    DEMO_DATASETS,
+    RARE_TEXTURES,
+    background_only,
+    caption_corpus,
+    generate_dataset,
+)
 
 TINY = (2, 1, 3)  # train, val, test images per class
 
@@ -89,3 +95,16 @@ def test_caption_corpus_shapes_and_determinism() -> None:
     images3, _ = caption_corpus(seed=2, n=24, image_size=48)
     assert not np.array_equal(images, images3)
     assert images.std() > 10  # not blank
+
+
+def test_background_only_marks_the_bare_texture_captions() -> None:
+    captions = [
+        "a photo of a small red circle on a striped background.",
+        "a photo of a dotted background.",
+        "a cyan cross.",
+        "a zigzag background.",
+    ]
+    assert background_only(captions).tolist() == [False, True, False, True]
+    _, corpus = caption_corpus(seed=0, n=400, image_size=8)
+    share = background_only(corpus).mean()
+    assert 0.2 < share < 0.4  # BACKGROUND_ONLY_SHARE = 0.3
