@@ -89,8 +89,8 @@ def test_demo_layering_attributes_each_key_to_the_file_that_sets_it(monkeypatch)
     plain = [e for e in entries if isinstance(e, str)]
     layered = next(e for e in entries if isinstance(e, dict))
     demo_keys = next(iter(layered.values()))
-    assert "methods.prompt.lr" in plain and "train.momentum" in plain  # only params.yaml sets these
-    assert "train.epochs" in demo_keys and "methods.prompt.depth_text" in demo_keys and "model" in demo_keys
+    assert "methods.prompt.n_ctx_text" in plain and "train.momentum" in plain  # only params.yaml sets these
+    assert "train.epochs" in demo_keys and "methods.prompt.lr" in demo_keys and "model" in demo_keys
 
 
 def test_demo_weights_must_be_the_pretrain_output(tmp_path):

@@ -4,9 +4,10 @@
 
 The last-epoch parameters are read from ``runs/<ds>/<method>/seed<S>/params.safetensors`` (zero-shot is
 built from the dataset template). Text features are computed once; test images come from the decoded
-uint8 cache when present; when no learnable tensor enters the image tower (zero-shot) the test image
-features are computed once per dataset and shared by the seeds (:mod:`promptbias.frozen_features`). Besides the full test split, the seed's few-shot validation split is scored
-(``val_accuracy``) so the OPTIMAL prompt configuration can be selected without looking at the test set.
+uint8 cache when present. When no learnable tensor enters the image tower (zero-shot), the test image
+features are computed once per dataset and shared by the seeds (:mod:`promptbias.frozen_features`).
+Besides the full test split, the seed's few-shot validation split is scored (``val_accuracy``) so the
+OPTIMAL prompt configuration can be selected without looking at the test set.
 
 Writes ``metrics/<ds>/<method>/seed<S>.json`` — small and flat, for ``dvc metrics diff`` — and the
 per-class accuracies in ``seed<S>.per_class.json`` beside it.

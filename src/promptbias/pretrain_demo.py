@@ -31,7 +31,7 @@ Keys read from ``cfg["demo"]`` (all optional; defaults in ``DEFAULTS``):
     weight_decay      0.1                on ≥2-D weights only
     warmup_steps      20                 linear warm-up, then cosine to 0
     corpus_size       null               pairs generated; null → steps × batch (each pair seen once)
-    texture_batch_share 0.3              share of batches (reached half-way, linear ramp from 0) made of
+    texture_batch_share 0.15             share of batches (reached half-way, linear ramp from 0) made of
                                          background-only pairs: hard negatives that differ in texture
                                          alone, so the image tower learns textures, not just colour
     eval_datasets     [demo_shapes, demo_textures]   evaluated after training
@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.1,
     "warmup_steps": 20,
     "corpus_size": None,
-    "texture_batch_share": 0.3,
+    "texture_batch_share": 0.15,
     "eval_datasets": ["demo_shapes", "demo_textures"],
     "probe_shots": 16,
 }
