@@ -1,15 +1,26 @@
-"""Shared fixtures: tiny and ViT-B-16 random-initialised CLIPs (no network, CPU)."""
+"""Shared fixtures: tiny and ViT-B-16 random-initialised CLIPs (no network, CPU); a loopback HTTP server."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from promptbias.model import load_clip
+from tests.loopback import LoopbackServer
 
 logging.getLogger().setLevel(logging.ERROR)  # open_clip logs "No pretrained weights loaded" on random init
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    srv = LoopbackServer()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
 
 
 @pytest.fixture(scope="session")

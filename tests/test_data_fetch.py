@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import tarfile
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,63 +17,9 @@ from promptbias.data.download import ChecksumLock, DownloadFailed, download_file
 from promptbias.data.fetch import fetch_dataset
 from promptbias.data.registry import DatasetSpec, RemoteFile
 from promptbias.errors import UserError
+from tests.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class _Server:
-    """Serves ``files`` on 127.0.0.1 with Range support; paths in ``cut`` drop the connection mid-file once."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, tuple[bytes, str]] = {}
-        self.cut: set[str] = set()
-        self.requests: list[tuple[str, str | None]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                rng = self.headers.get("Range")
-                outer.requests.append((self.path, rng))
-                if self.path not in outer.files:
-                    self.send_error(404)
-                    return
-                body, ctype = outer.files[self.path]
-                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-                self.send_response(206 if rng else 200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body) - start))
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.end_headers()
-                if self.path in outer.cut and not rng:
-                    outer.cut.discard(self.path)
-                    self.wfile.write(body[: len(body) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body[start:])
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def add(self, path: str, body: bytes, ctype: str = "application/octet-stream") -> str:
-        self.files[path] = (body, ctype)
-        return self.url(path)
-
-
-@pytest.fixture
-def server() -> Iterator[_Server]:
-    srv = _Server()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 def _sha(data: bytes) -> str:
@@ -104,7 +47,7 @@ def _tiny_png() -> bytes:
 # ----------------------------------------------------------------------------------------- downloads
 
 
-def test_download_verifies_and_records_sha256(server: _Server, tmp_path: Path) -> None:
+def test_download_verifies_and_records_sha256(server: LoopbackServer, tmp_path: Path) -> None:
     body = bytes(range(256)) * 300
     url = server.add("/f.bin", body)
     lock = ChecksumLock(tmp_path / "checksums.lock.json")
@@ -116,7 +59,7 @@ def test_download_verifies_and_records_sha256(server: _Server, tmp_path: Path) -
     assert not out.with_name("f.bin.part").exists()
 
 
-def test_lock_verifies_later_downloads(server: _Server, tmp_path: Path) -> None:
+def test_lock_verifies_later_downloads(server: LoopbackServer, tmp_path: Path) -> None:
     lock = ChecksumLock(tmp_path / "checksums.lock.json")
     url = server.add("/g.bin", b"first version")
     download_file([url], tmp_path / "a" / "g.bin", lock=lock, lock_key="ds/g.bin")  # trust on first use
@@ -126,7 +69,7 @@ def test_lock_verifies_later_downloads(server: _Server, tmp_path: Path) -> None:
     assert not (tmp_path / "b" / "g.bin").exists()
 
 
-def test_cut_connection_resumes_with_range(server: _Server, tmp_path: Path) -> None:
+def test_cut_connection_resumes_with_range(server: LoopbackServer, tmp_path: Path) -> None:
     body = bytes(i % 251 for i in range(300_000))
     url = server.add("/big.bin", body)
     server.cut.add("/big.bin")
@@ -138,7 +81,7 @@ def test_cut_connection_resumes_with_range(server: _Server, tmp_path: Path) -> N
     assert 0 < start <= len(body) // 2
 
 
-def test_partial_file_from_an_earlier_run_is_resumed(server: _Server, tmp_path: Path) -> None:
+def test_partial_file_from_an_earlier_run_is_resumed(server: LoopbackServer, tmp_path: Path) -> None:
     body = b"x" * 1000 + b"y" * 1000
     url = server.add("/p.bin", body)
     (tmp_path / "p.bin.part").write_bytes(body[:1500])
@@ -147,7 +90,7 @@ def test_partial_file_from_an_earlier_run_is_resumed(server: _Server, tmp_path: 
     assert server.requests == [("/p.bin", "bytes=1500-")]
 
 
-def test_falls_back_to_the_next_mirror_and_rejects_html(server: _Server, tmp_path: Path) -> None:
+def test_falls_back_to_the_next_mirror_and_rejects_html(server: LoopbackServer, tmp_path: Path) -> None:
     bad = server.add("/login", b"<html>sign in</html>", ctype="text/html")
     good = server.add("/m.bin", b"payload")
     out = download_file([server.url("/missing"), bad, good], tmp_path / "m.bin", retries=0)
@@ -159,7 +102,7 @@ def test_falls_back_to_the_next_mirror_and_rejects_html(server: _Server, tmp_pat
 # ------------------------------------------------------------------------------------ whole datasets
 
 
-def _toy_spec(server: _Server, archive_hash: str | None) -> DatasetSpec:
+def _toy_spec(server: LoopbackServer, archive_hash: str | None) -> DatasetSpec:
     png = _tiny_png()
     archive = _tar_gz({f"toy/pics/{c}/{i}.png": png for c in ("cat", "dog") for i in range(3)})
     split = {
@@ -188,7 +131,7 @@ def _toy_spec(server: _Server, archive_hash: str | None) -> DatasetSpec:
     )
 
 
-def test_fetch_downloads_extracts_and_writes_split_last(server: _Server, tmp_path: Path) -> None:
+def test_fetch_downloads_extracts_and_writes_split_last(server: LoopbackServer, tmp_path: Path) -> None:
     spec = _toy_spec(server, "auto")
     out = fetch_dataset(spec, tmp_path, backoff=0)
     split = json.loads(out.read_text())
@@ -203,7 +146,7 @@ def test_fetch_downloads_extracts_and_writes_split_last(server: _Server, tmp_pat
     }
 
 
-def test_fetch_with_wrong_checksum_marks_nothing_complete(server: _Server, tmp_path: Path) -> None:
+def test_fetch_with_wrong_checksum_marks_nothing_complete(server: LoopbackServer, tmp_path: Path) -> None:
     spec = _toy_spec(server, "sha256:" + "0" * 64)
     with pytest.raises(UserError, match=r"toy\.tar\.gz: checksum mismatch") as err:
         fetch_dataset(spec, tmp_path, backoff=0)

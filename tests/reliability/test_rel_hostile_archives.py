@@ -13,7 +13,7 @@ import io
 import struct
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,19 +21,10 @@ import pytest
 from promptbias.data.fetch import fetch_dataset
 from promptbias.data.registry import DatasetSpec, RemoteFile
 from promptbias.errors import UserError
+from tests.loopback import LoopbackServer
 from tests.reliability.helpers import describe_diff, snapshot
-from tests.test_data_fetch import _Server
 
 LIMIT = 1 << 20  # the decompression-bomb limit passed to fetch_dataset (1 MiB)
-
-
-@pytest.fixture
-def server() -> Iterator[_Server]:
-    srv = _Server()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 def _tar(members: list[tuple[str, dict]], mode: str = "w") -> bytes:
@@ -129,7 +120,7 @@ CASE_IDS = list(_cases(Path("/x")))
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_hostile_archive_is_refused_end_to_end(server: _Server, tmp_path: Path, case_id: str) -> None:
+def test_hostile_archive_is_refused_end_to_end(server: LoopbackServer, tmp_path: Path, case_id: str) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_text("do not touch")
