@@ -78,8 +78,8 @@ def predict(
     features: Any = None,
 ) -> Any:
     """Arg-max class for every image; text features computed once. ``features`` (N×E, from
-    :func:`image_features`, e.g. memoised) skips the image tower; the logits are taken over the same
-    batch slices either way, so the predictions are identical."""
+    :func:`image_features`, e.g. memoised) replaces ``pictures`` and skips the image tower; the logits
+    are taken over the same batch slices either way, so the predictions are identical."""
     import torch
 
     from promptbias.train import autocast
@@ -115,20 +115,23 @@ def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -
     cache = cfg["data"].get("cache_images", True)
 
     t0 = time.perf_counter()
-    test_x, test_y = images.load_eval_images(root, dataset, ds.split["test"], clip.image_size, cache=cache)
+    test_items = ds.split["test"]
     desc = f"{dataset}/{method_id}/seed{seed} test"
     if method.vision_is_constant:  # the frozen image tower alone: the same features for every seed
         from promptbias import frozen_features
 
+        def encode_test_images() -> Any:  # only on a memo miss: a hit reads no image at all
+            pictures, _ = images.load_eval_images(root, dataset, test_items, clip.image_size, cache=cache)
+            return image_features(method, clip, pictures, batch, precision, desc)
+
         test_f, _ = frozen_features.memo(
-            cfg,
-            clip,
-            dataset,
-            [item[0] for item in ds.split["test"]],
-            lambda: image_features(method, clip, test_x, batch, precision, desc),
+            cfg, clip, dataset, [item[0] for item in test_items], encode_test_images
         )
-        test_pred = predict(method, clip, test_x, batch, precision, features=test_f)
+        # the labels load_eval_images would return (it skips no image here: a bad one raises)
+        test_y = torch.tensor([int(item[1]) for item in test_items])
+        test_pred = predict(method, clip, None, batch, precision, features=test_f)
     else:
+        test_x, test_y = images.load_eval_images(root, dataset, test_items, clip.image_size, cache=cache)
         test_pred = predict(method, clip, test_x, batch, precision, desc=desc)
     seconds = time.perf_counter() - t0
     test = accuracy_report(test_pred, test_y, len(ds.classnames))
