@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from promptbias.data.demo import (
+    COLORS,
     DEMO_DATASETS,
     RARE_TEXTURES,
     background_only,
@@ -84,6 +85,23 @@ def test_class_names_informative_vs_not() -> None:
     assert max(rare) < 0.5 * min(common)  # … but four of them are rare
     colors = [c.split()[0] for c in DEMO_DATASETS["demo_shapes"].classnames]
     assert len(set(colors)) == len(colors)  # one colour per shapes class
+
+
+def test_aerial_tiles_share_one_shift_and_keep_the_class_colour(tmp_path: Path) -> None:
+    spec = DEMO_DATASETS["demo_aerial"]
+    assert spec.classnames == tuple(COLORS)  # known words, seen in the corpus on objects
+    generate_dataset("demo_aerial", tmp_path, seed=0, per_class=(0, 0, 6))
+    split = json.loads((tmp_path / "split_demo_aerial.json").read_text())
+    means: dict[str, list[np.ndarray]] = {}
+    for rel, _, classname in split["test"]:
+        with Image.open(tmp_path / rel) as im:
+            rgb = np.asarray(im, dtype=np.float64).reshape(-1, 3).mean(0)  # 3
+        means.setdefault(classname, []).append(rgb)
+    every = np.stack([m for ms in means.values() for m in ms])  # N×3
+    assert (every[:, 2] < 0.85 * every[:, 0]).all()  # the warm filter: every tile, whatever its class
+    red, green, blue = (np.mean(means[c], axis=0) for c in ("red", "green", "blue"))
+    assert red[0] - red[1] > green[0] - green[1] + 5  # … and the class colour still shows through
+    assert blue[2] - blue[0] > red[2] - red[0] + 5
 
 
 def test_caption_corpus_shapes_and_determinism() -> None:

@@ -34,7 +34,7 @@ Keys read from ``cfg["demo"]`` (all optional; defaults in ``DEFAULTS``):
     texture_batch_share 0.15             share of batches (reached half-way, linear ramp from 0) made of
                                          background-only pairs: hard negatives that differ in texture
                                          alone, so the image tower learns textures, not just colour
-    eval_datasets     [demo_shapes, demo_textures]   evaluated after training
+    eval_datasets     [demo_shapes, demo_textures, demo_aerial]   evaluated after training
     probe_shots       16                 shots per class of the linear probe
 
 Threads: ``torch.set_num_threads`` from ``PROMPTBIAS_THREADS`` or ``OMP_NUM_THREADS`` when set
@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_steps": 20,
     "corpus_size": None,
     "texture_batch_share": 0.15,
-    "eval_datasets": ["demo_shapes", "demo_textures"],
+    "eval_datasets": ["demo_shapes", "demo_textures", "demo_aerial"],
     "probe_shots": 16,
 }
 WEIGHTS_NAME = "open_clip_model.safetensors"

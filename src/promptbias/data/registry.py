@@ -411,7 +411,16 @@ _SPECS: tuple[DatasetSpec, ...] = (
         template="a photo of a {} background.",
         split_file="split_demo_textures.json",
         generator="promptbias.data.demo:generate_dataset",
-        notes="procedurally generated; class names carry little information (like EuroSAT's)",
+        notes="procedurally generated; class names carry little information",
+    ),
+    DatasetSpec(
+        name="demo_aerial",
+        display_name="DemoAerial",
+        folder="demo_aerial",
+        template="a photo of a {}.",
+        split_file="split_demo_aerial.json",
+        generator="promptbias.data.demo:generate_dataset",
+        notes="procedurally generated; a strong domain shift shared by all images (like EuroSAT's)",
     ),
 )
 
