@@ -1,4 +1,4 @@
-"""promptbias — the Snakemake entry point (thin: the stages live in src/promptbias/pipeline.py).
+"""promptbias — the Snakemake entry point (thin: the stages live in src/promptbias/pipeline/spec.py).
 
     snakemake --cores all --resources gpu=4                                         # the paper, 4 GPU jobs at a time
     snakemake --cores all --configfile config/demo.yaml --resources gpu=0 report_html   # the offline demo (make demo)
@@ -16,14 +16,14 @@ import sys
 from snakemake.utils import validate
 
 from promptbias.errors import UserError
-from promptbias.pipeline import Pipeline
+from promptbias.pipeline.snakemake import pipeline_from_snakemake
 
 
 configfile: "params.yaml"
 
 
 try:
-    PIPE = Pipeline.from_snakemake(workflow, config)
+    PIPE = pipeline_from_snakemake(workflow, config)
 except UserError as exc:
     sys.exit(f"error: {exc}")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from promptbias import paths
 from promptbias.data import images
 from promptbias.errors import UserError
 
@@ -50,9 +51,9 @@ def test_cached_and_uncached_are_bit_identical(tmp_path: Path) -> None:
     plain, y_plain = images.load_eval_images(tmp_path, "toy", items, SIZE, cache=False, num_workers=2)
     npy = images.build_cache(tmp_path, "toy", items[::-1] + items[:2], SIZE, num_workers=2)  # order/dupes
     assert np.load(npy, mmap_mode="r").shape == (len(items), 3, SIZE, SIZE)
-    for path in (tmp_path / "raw" / "toy" / "imgs").rglob("*.*"):
-        path.unlink()  # the cached load must not touch the image files
-    cached, y_cached = images.load_eval_images(tmp_path, "toy", items, SIZE)
+    with pytest.MonkeyPatch.context() as mp:  # the cached load must not decode the image files
+        mp.setattr(images, "decode", lambda path: pytest.fail(f"decoded {path} although it is cached"))
+        cached, y_cached = images.load_eval_images(tmp_path, "toy", items, SIZE)
     assert cached.dtype == torch.uint8 and cached.shape == (len(items), 3, SIZE, SIZE)
     assert torch.equal(plain, cached) and torch.equal(y_plain, y_cached)
     assert y_cached.tolist() == [it[1] for it in items]
@@ -61,12 +62,12 @@ def test_cached_and_uncached_are_bit_identical(tmp_path: Path) -> None:
 def test_cache_without_its_index_is_ignored(tmp_path: Path) -> None:
     items = _dataset(tmp_path, SIZES[:2])
     images.build_cache(tmp_path, "toy", items, SIZE)
-    npy, index = images.cache_files(tmp_path, "toy", SIZE)
+    npy, index = paths.cache_files(tmp_path, "toy", SIZE)
     np.save(npy, np.zeros((2, 3, SIZE, SIZE), np.uint8))  # tampered data …
     index.unlink()  # … of an unfinished build: not used
     x, _ = images.load_eval_images(tmp_path, "toy", items, SIZE)
     assert x.float().mean() > 0
-    assert images.cache_files(tmp_path, "toy", 32)[0].name == "images_32.npy"  # keyed by size
+    assert paths.cache_files(tmp_path, "toy", 32)[0].name == "images_32.npy"  # keyed by size
 
 
 def test_corrupt_image_fails_with_one_line_naming_it(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from promptbias.data.splits import fewshot_path, load_fewshot, load_split, make_fewshot
+from promptbias import paths
+from promptbias.data.splits import load_fewshot, load_split, make_fewshot
 from promptbias.errors import UserError
 
 
@@ -96,7 +97,7 @@ def test_split_files_are_relative_and_portable(tmp_path: Path) -> None:
     split = _split()
     write_json(tmp_path / "raw" / "toy.json", split)
     few = make_fewshot(load_split(tmp_path, "toy"), 2, 3)
-    write_json(fewshot_path(tmp_path, "toy", 2, 3), few)
+    write_json(paths.split_json(tmp_path, "toy", 2, 3), few)
     text = (tmp_path / "splits" / "toy" / "shot2_seed3.json").read_text()
     assert str(tmp_path) not in text
     assert all(not p.startswith("/") for p, _, _ in json.loads(text)["train"])

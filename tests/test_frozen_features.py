@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from promptbias import evaluate
 from tests.workspace import Workspace
@@ -57,7 +58,15 @@ def test_seeds_share_the_zero_shot_features_and_get_identical_results(workspace,
     ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "2")  # a hit
     assert _per_class(ws, "zeroshot", 2) == fresh
 
-    os.utime(weights, ns=(0, 0))  # other weights → other key → the image tower must run again
+    os.utime(weights, ns=(0, 0))  # the same bytes under another mtime: the same key, still a hit
+    ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "2")
+    assert _per_class(ws, "zeroshot", 2) == fresh
+    state = load_file(weights)  # other weights (same path, size and mtime) → other key → the tower runs
+    state["logit_scale"] = state["logit_scale"] + 0.5
+    stat = weights.stat()
+    save_file(state, weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size
     with pytest.raises(AssertionError, match="image tower ran"):
         ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "2")
 

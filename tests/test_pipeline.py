@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 import yaml
@@ -12,7 +13,9 @@ from workflow_helpers import REPO, dvc_stages, git_dvc_repo, project_copy, run, 
 from promptbias.cli import cli
 from promptbias.config import load_params
 from promptbias.errors import UserError
-from promptbias.pipeline import Pipeline, _get, _leaves
+from promptbias.pipeline import Pipeline
+from promptbias.pipeline import get_key as _get
+from promptbias.pipeline import leaves as _leaves
 
 PAPER = ("params.yaml",)
 DEMO = ("params.yaml", "config/demo.yaml")
@@ -62,7 +65,16 @@ def test_params_keys_are_exactly_what_the_command_reads():
     pipe = _pipe()
     train = pipe.job("train", {"dataset": "dtd", "method": "prompt", "seed": 1})
     assert "methods.prompt" in train.params and "methods.bias" not in train.params
-    assert {"model", "device", "data.root", "data.shots", "train"} <= set(train.params)
+    assert {
+        "model",
+        "device",
+        "cpu_threads",
+        "data.root",
+        "data.shots",
+        "train.epochs",
+        "train.crop_scale",
+    } <= set(train.params)
+    assert "train.eval_batch_size" not in train.params  # evaluate's: editing it retrains nothing
     zs = pipe.job("evaluate", {"dataset": "dtd", "method": "zeroshot", "seed": 2})
     assert not any(d.startswith("runs/") for d in zs.deps)  # zero-shot depends on no train
     assert any("/splits/dtd/shot16_seed2.json" in d for d in zs.deps)  # val accuracy on the split's val
@@ -116,11 +128,24 @@ def test_snakemake_and_dvc_plan_the_same_jobs(tmp_path, configfiles):
     stages = dvc_stages(proj / "dvc.yaml")
     cfg = load_params([str(proj / f) for f in files])
     sm = snakemake_jobs(proj, "all", configfiles)
+    # the same arguments; Snakemake names its config files, DVC's bare command takes dvc.yaml's layering
+    prefix = shlex.join(["promptbias", *(a for f in files for a in ("--params", f))]) + " "
+    assert all(j["cmd"].startswith(prefix) for j in sm)
+    assert all(s["cmd"].startswith("promptbias ") and "--params" not in s["cmd"] for s in stages.values())
     sm_jobs = {
-        tuple(sorted(j["output"])): (j["cmd"], sorted(j["input"]), _leaf_keys(cfg, j["params"])) for j in sm
+        tuple(sorted(j["output"])): (
+            j["cmd"].removeprefix(prefix),
+            sorted(j["input"]),
+            _leaf_keys(cfg, j["params"]),
+        )
+        for j in sm
     }
     dvc_jobs = {
-        tuple(sorted(s["outs"])): (s["cmd"], sorted(s["deps"]), _leaf_keys(cfg, s["params"]))
+        tuple(sorted(s["outs"])): (
+            s["cmd"].removeprefix("promptbias "),
+            sorted(s["deps"]),
+            _leaf_keys(cfg, s["params"]),
+        )
         for s in stages.values()
     }
     assert set(sm_jobs) == set(dvc_jobs)

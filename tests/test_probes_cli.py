@@ -82,10 +82,13 @@ def _invoke(*extra: str):
 
 
 def _train_prompt(workspace: Path) -> None:
-    """Stand-in for `promptbias train`: a prompt method with random (non-zero) prompts, saved as the run."""
+    """Stand-in for `promptbias train`: a prompt method with random (non-zero) prompts, saved as the run
+    with the training identity that evaluate/probe check (this config's train job and backbone)."""
+    from promptbias import identity
     from promptbias.config import load_params, method_settings
     from promptbias.methods import build_method
     from promptbias.model import load_clip
+    from promptbias.pipeline.plan import job_values
 
     cfg = load_params([str(REPO / "params.yaml")], SETS)
     _, hp = method_settings(cfg, "prompt")
@@ -95,7 +98,10 @@ def _train_prompt(workspace: Path) -> None:
     with torch.no_grad():
         for p in method.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    method.save(workspace / "runs" / "demo_shapes" / "prompt" / "seed1" / "params.safetensors")
+    name, params = job_values(cfg, "train", {"dataset": "demo_shapes", "method": "prompt", "seed": 1})
+    trained = {"job": name, "params": params, "backbone": identity.backbone(cfg["model"])}
+    path = workspace / "runs" / "demo_shapes" / "prompt" / "seed1" / "params.safetensors"
+    method.save(path, identity=trained, status="ok")
 
 
 def test_probe_cli_writes_tidy_tables_sidecars_and_arrays(workspace):

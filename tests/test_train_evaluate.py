@@ -100,7 +100,10 @@ def test_train_evaluate_same_seed_gives_identical_metrics(workspace, tmp_path):
     assert train["status"] == "ok" and train["epochs_completed"] == 3
     assert [h["lr"] for h in train["history"]] == [pytest.approx(Schedule(0.01, 3)(e)) for e in range(3)]
     assert train["parameters"] == 2 * (64 + 64)
-    assert train["settings"]["method"] == "prompt" and train["provenance"]["versions"]["torch"]
+    assert train["job"] == "train-demo_shapes-prompt-s1" and train["provenance"]["versions"]["torch"]
+    assert (
+        train["params"]["methods.prompt"]["lr"] == 0.01 == train["identity"]["params"]["methods.prompt"]["lr"]
+    )
     assert (a.path / "runs/demo_shapes/prompt/seed1/dvclive").is_dir()
     for key in ("accuracy", "macro_accuracy", "val_accuracy", "n_test", "status"):
         assert key in ma
@@ -171,7 +174,18 @@ def test_non_finite_loss_is_recorded_as_diverged(workspace, tmp_path):
     assert "diverged" in out
     train = json.loads((ws.path / "runs/demo_shapes/prompt/seed1/train.json").read_text())
     assert train["status"] == "diverged"
-    ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "prompt", "--seed", "1")
+    # evaluated under the config it was trained with (another lr is refused: item 9 of the provenance issue)
+    ws.cli(
+        "--set",
+        "methods.prompt.lr=1e38",
+        "evaluate",
+        "--dataset",
+        "demo_shapes",
+        "--method",
+        "prompt",
+        "--seed",
+        "1",
+    )
     assert _metrics(ws, "prompt")["status"] == "diverged"
 
 

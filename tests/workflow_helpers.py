@@ -1,7 +1,7 @@
 """Helpers shared by the workflow tests: a scratch copy of the project and the two engines' job lists.
 
 proj = project_copy(tmp_path)                   # Snakefile, workflow/, params.yaml, config/, dvc.yaml
-jobs = snakemake_jobs(proj, "all", ["config/demo.yaml"])   # [{rule, input, output, cmd, params, gpu}]
+jobs = snakemake_jobs(proj, "all", ["config/demo.yaml"])   # [{rule, input, output, cmd, params, gpu, log}]
 stages = dvc_stages(proj / "dvc.yaml")           # {name: {cmd, deps, outs, params}}
 run(["dvc", "status"], proj)                     # a tool of the venv, in proj, checked
 """
@@ -20,7 +20,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ("Snakefile", "workflow", "params.yaml", "config", "dvc.yaml")
+PROJECT_FILES = (
+    "Snakefile",
+    "workflow",
+    "params.yaml",
+    "config",
+    "dvc.yaml",
+    ".dvc",
+    ".dvcignore",
+    ".gitignore",
+)
 
 _SNAKEMAKE_JOBS = r"""
 import json, sys
@@ -39,10 +48,11 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
     wf = wapi._workflow
     wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
     wf._build_dag()
+    pipe = wf.globals["PIPE"]  # the Snakefile's Pipeline: what its run: blocks execute
     jobs = [
         {"rule": j.rule.name, "input": [str(f) for f in j.input], "output": [str(f) for f in j.output],
-         "cmd": j.params.cmd, "params": sorted(j.params.values), "gpu": j.resources.get("gpu", 0),
-         "log": [str(f) for f in j.log]}
+         "cmd": pipe.command(pipe.job(j.rule.name, dict(j.wildcards))), "params": sorted(j.params.values),
+         "gpu": j.resources.get("gpu", 0), "log": [str(f) for f in j.log]}
         for j in wf.dag.jobs if j.output
     ]
 print("JOBS=" + json.dumps(jobs))
@@ -65,8 +75,9 @@ def project_copy(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, symlinks=False)
+        if src.is_dir():  # (.dvc/: the shipped config only, never a local cache, tmp or config.local)
+            ignore = shutil.ignore_patterns("tmp", "cache", "config.local", "__pycache__")
+            shutil.copytree(src, dest / name, symlinks=False, ignore=ignore)
         elif src.exists():
             shutil.copy2(src, dest / name)
     return dest
@@ -91,10 +102,9 @@ def run(argv: list[str], cwd: Path, check: bool = True, timeout: float = 3600) -
 
 
 def git_dvc_repo(dest: Path) -> Path:
-    """A fresh git + DVC repository holding a copy of the project."""
+    """A fresh git repository holding a copy of the project (which ships its DVC repository files)."""
     project_copy(dest)
     run(["git", "init", "-q"], dest)
-    run(["dvc", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "init"], dest)
     return dest

@@ -49,6 +49,7 @@ class Workspace:
         cfg = deep_merge(cfg, {"sweep": {"datasets": datasets, "seeds": list(seeds)}})
         cfg = deep_merge(cfg, overrides or {})
         path.mkdir(parents=True, exist_ok=True)
+        _dvc_init(path)  # a project checkout is a DVC repository (the project ships .dvc/)
         params = path / "params.yaml"
         params.write_text(yaml.safe_dump(cfg, sort_keys=False))
         ws = cls(path, params)
@@ -75,9 +76,10 @@ class Workspace:
             )
         return result.output
 
-    def run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    def run(self, *args: str, env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "promptbias.cli", "--params", str(self.params), *args]
-        return subprocess.run(cmd, cwd=self.path, capture_output=True, text=True, env=_env(), **kwargs)
+        env = _env(**(env_extra or {}))
+        return subprocess.run(cmd, cwd=self.path, capture_output=True, text=True, env=env, **kwargs)
 
     def popen(self, *args: str, fault: str | None = None) -> subprocess.Popen:
         """Start the CLI; ``fault`` sets PROMPTBIAS_FAULT (see promptbias.io.atomic_path)."""
@@ -86,6 +88,16 @@ class Workspace:
         return subprocess.Popen(
             cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
+
+
+def _dvc_init(path: Path) -> None:
+    import contextlib
+    import io
+
+    from dvc.repo import Repo
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        Repo.init(str(path), no_scm=True).close()
 
 
 def _env(**extra: str) -> dict[str, str]:

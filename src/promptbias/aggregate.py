@@ -15,13 +15,12 @@ Writes ``metrics/summary.json`` (DVC metrics) and ``results/tables/summary.csv``
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import click
 
+from promptbias import paths
 from promptbias.config import RunContext, grid_method_ids
-from promptbias.runs import METRICS, RESULTS, metrics_path
 
 # Student-t 0.975 quantiles for 1..30 degrees of freedom (normal beyond).
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -51,11 +50,11 @@ def collect(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         for s in cfg["sweep"]["seeds"]
     ]
     grid = grid_method_ids(cfg)
-    for d in cfg["sensitivity"].get("datasets", []) if grid else []:
+    for d in cfg["sensitivity"]["datasets"] if grid else []:
         jobs += [(d, m, s) for m in grid for s in cfg["sweep"]["seeds"] if (d, m, s) not in jobs]
     records, missing = [], []
     for d, m, s in jobs:
-        path = metrics_path(d, m, s)
+        path = paths.metrics_json(d, m, s)
         if path.is_file():
             records.append(read_json(path))
         else:
@@ -124,9 +123,9 @@ def aggregate(cfg: dict[str, Any]) -> dict[str, Any]:
     records, missing = collect(cfg)
     summary = summarise(records)
     result = {"runs": summary, "optimal": optimal(summary), "missing": missing}
-    write_json(METRICS / "summary.json", result)
+    write_json(paths.SUMMARY_JSON, result)
     table = pd.DataFrame(list(summary.values())).drop(columns=["seeds", "diverged_seeds"], errors="ignore")
-    out = RESULTS / "tables" / "summary.csv"
+    out = paths.SUMMARY_CSV
     with atomic_path(out, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
     return result
@@ -136,10 +135,11 @@ def aggregate(cfg: dict[str, Any]) -> dict[str, Any]:
 @click.pass_obj
 def aggregate_command(ctx: RunContext) -> None:
     """Mean ± std and 95% CI over seeds; OPTIMAL prompt configuration (validation-selected)."""
+    from promptbias.pipeline.bind import bind_job
+
+    bind_job(ctx, ctx.config, "aggregate")
     result = aggregate(ctx.config)
-    click.echo(
-        f"aggregated {len(result['runs'])} dataset×method groups into {Path(METRICS) / 'summary.json'}"
-    )
+    click.echo(f"aggregated {len(result['runs'])} dataset×method groups into {paths.SUMMARY_JSON}")
     if result["missing"]:
         click.echo(
             f"note: {len(result['missing'])} metrics files missing, e.g. {result['missing'][0]}", err=True

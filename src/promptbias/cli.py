@@ -2,9 +2,11 @@
 
     promptbias [--params FILE ...] [--set KEY=VALUE ...] [--debug] COMMAND [ARGS]
 
-``--params`` files are deep-merged left to right (default: ``params.yaml``; the demo adds
-``config/demo.yaml``), ``--set`` overrides single keys (``--set train.epochs=2``), and the result is
-validated against ``workflow/schemas/params.schema.yaml`` before any command runs.
+``--params`` files are deep-merged left to right, ``--set`` overrides single keys (``--set
+train.epochs=2``), and the result is validated against ``workflow/schemas/params.schema.yaml`` before
+any command runs. Without ``--params`` the layering is the one ``dvc.yaml`` was generated for (its
+top-level ``params:`` list, e.g. ``params.yaml`` + ``config/demo.yaml``), else ``params.yaml``: that is
+how the bare commands of dvc.yaml find their config.
 
 Subcommands are imported lazily from the module that owns them (``_COMMANDS``), so ``promptbias
 --help`` and light stages start without importing torch. Each command takes the resolved
@@ -34,7 +36,7 @@ _COMMANDS: dict[str, str] = {
     "aggregate": "promptbias.aggregate:aggregate_command",
     "probe": "promptbias.probes.commands:probe",
     "render": "promptbias.render.commands:render",
-    "dvc-yaml": "promptbias.pipeline:dvc_yaml_command",
+    "dvc-yaml": "promptbias.pipeline.dvc:dvc_yaml_command",
     "run": "promptbias.runner:run_command",
     "gpu-slot": "promptbias.devices:gpu_slot_command",
     "validate": "promptbias.config:validate_command",
@@ -94,7 +96,7 @@ class _LazyGroup(click.Group):
     "params_files",
     multiple=True,
     type=click.Path(dir_okay=False),
-    help="Params YAML; repeat to layer files (later wins). Default: params.yaml.",
+    help="Params YAML; repeat to layer files (later wins). Default: dvc.yaml's layering, else params.yaml.",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one params key.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for user errors.")
@@ -103,8 +105,10 @@ class _LazyGroup(click.Group):
 def cli(ctx: click.Context, params_files: tuple[str, ...], overrides: tuple[str, ...], debug: bool) -> None:
     """Train, evaluate and explain multi-modal prompts and bias tuning on CLIP."""
     from promptbias.config import RunContext
+    from promptbias.pipeline.dvc import layering
 
-    ctx.obj = RunContext(params_files=params_files or ("params.yaml",), overrides=overrides, debug=debug)
+    files = params_files or layering() or ("params.yaml",)
+    ctx.obj = RunContext(params_files=files, overrides=overrides, debug=debug)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -138,7 +138,7 @@ def describe_schema_error(err: Any) -> str:
 
 
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
-    for method in list(cfg["sweep"]["methods"]) + list(cfg["probes"].get("methods", [])):
+    for method in list(cfg["sweep"]["methods"]) + list(cfg["probes"]["methods"]):
         kind = method_kind(method)
         if kind in ("prompt", "bias") and kind not in cfg["methods"]:
             raise UserError(f"{source}: methods.{kind}: missing — add its hyper-parameters (see params.yaml)")
@@ -154,9 +154,10 @@ def method_kind(method_id: str) -> str:
 
 
 def method_settings(cfg: dict[str, Any], method_id: str) -> tuple[str, dict[str, Any]]:
-    """The method kind and its hyper-parameters (grid ids override depth and token counts)."""
+    """The method kind and the hyper-parameters its class takes (grid ids override depth and token
+    counts); the learning rate is the trainer's (:func:`method_lr`)."""
     kind = method_kind(method_id)
-    settings = dict(cfg["methods"].get(kind, {}))
+    settings = {k: v for k, v in cfg["methods"].get(kind, {}).items() if k != "lr"}
     grid = _GRID_METHOD.match(method_id)
     if grid:
         depth, n = int(grid["depth"]), int(grid["n"])
@@ -164,12 +165,17 @@ def method_settings(cfg: dict[str, Any], method_id: str) -> tuple[str, dict[str,
     return kind, settings
 
 
+def method_lr(cfg: dict[str, Any], method_id: str) -> float:
+    """The learning rate of a trained method (``methods.<kind>.lr``)."""
+    return float(cfg["methods"][method_kind(method_id)]["lr"])
+
+
 def grid_method_ids(cfg: dict[str, Any]) -> list[str]:
     """Method ids of the sensitivity grid (empty unless sensitivity.enabled)."""
     sens = cfg["sensitivity"]
-    if not sens.get("enabled"):
+    if not sens["enabled"]:
         return []
-    return [f"prompt-d{d}-n{n}" for d in sens.get("depths", []) for n in sens.get("n_ctx", [])]
+    return [f"prompt-d{d}-n{n}" for d in sens["depths"] for n in sens["n_ctx"]]
 
 
 @dataclass

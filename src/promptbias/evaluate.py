@@ -9,8 +9,11 @@ features are computed once per dataset and shared by the seeds (:mod:`promptbias
 Besides the full test split, the seed's few-shot validation split is scored (``val_accuracy``) so the
 OPTIMAL prompt configuration can be selected without looking at the test set.
 
-Writes ``metrics/<ds>/<method>/seed<S>.json`` — small and flat, for ``dvc metrics diff`` — and the
-per-class accuracies in ``seed<S>.per_class.json`` beside it.
+A trained method is read only when its file's training identity is this config's training job
+(:func:`promptbias.runs.check_trained_for`) and its tensors are finite; the few-shot split only when it
+is the subset its (shots, seed) gives. Writes ``metrics/<ds>/<method>/seed<S>.json`` — small and flat,
+for ``dvc metrics diff`` — and beside it ``seed<S>.per_class.json``: per-class accuracies plus the
+job's record (its params values, and the identity of the evaluated parameters).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import Any
 
 import click
 
+from promptbias import paths
 from promptbias.config import RunContext, method_kind
-from promptbias.runs import metrics_path, run_dir
 
 
 def accuracy_report(predictions: Any, labels: Any, n_classes: int) -> dict[str, Any]:
@@ -48,11 +51,10 @@ def image_features(
     import torch
     from tqdm import tqdm
 
-    from promptbias.train import autocast
+    from promptbias.data.images import normalize
+    from promptbias.model.precision import autocast
 
     device = clip.device
-    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
     feats = []
     with torch.no_grad(), autocast(device, precision):
         for start in tqdm(
@@ -62,8 +64,9 @@ def image_features(
             disable=not sys.stderr.isatty(),
             file=sys.stderr,
         ):
-            x = pictures[start : start + batch_size].to(device, non_blocking=True)
-            x = (x.float() / 255.0 - mean) / std  # B×3×S×S
+            x = normalize(
+                pictures[start : start + batch_size].to(device, non_blocking=True), clip.mean, clip.std
+            )
             feats.append(method.image_features(clip.model, x).cpu())  # B×E
     return torch.cat(feats) if feats else torch.zeros(0, 0)
 
@@ -82,7 +85,7 @@ def predict(
     are taken over the same batch slices either way, so the predictions are identical."""
     import torch
 
-    from promptbias.train import autocast
+    from promptbias.model.precision import autocast
 
     if features is None:
         features = image_features(method, clip, pictures, batch_size, precision, desc)
@@ -97,22 +100,24 @@ def predict(
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
-def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -> dict[str, Any]:
+def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, seed: int) -> dict[str, Any]:
+    """Evaluate and write the metrics (``job``: the bound job, whose params the record states)."""
     import torch
 
     from promptbias.data import images, splits
-    from promptbias.io import read_json, remove_stale_temps, write_json
+    from promptbias.io import remove_stale_temps, write_json
+    from promptbias.methods import Method
     from promptbias.runs import dataset_info, load_backbone, load_method
 
     # seeded as in train: a randomly initialised backbone (pretrained: null) is then the one trained on
     torch.manual_seed(seed)
     clip = load_backbone(cfg)
     ds = dataset_info(cfg, dataset)
-    method = load_method(cfg, clip, ds, method_id, seed)
-    precision = cfg["model"].get("precision", "auto")
-    batch = cfg["train"].get("eval_batch_size", 100)
+    method = load_method(cfg, clip, ds, method_id, seed, check_splits=True)
+    precision = cfg["model"]["precision"]
+    batch = cfg["train"]["eval_batch_size"]
     root = cfg["data"]["root"]
-    cache = cfg["data"].get("cache_images", True)
+    cache = cfg["data"]["cache_images"]
 
     t0 = time.perf_counter()
     test_items = ds.split["test"]
@@ -136,14 +141,14 @@ def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -
     seconds = time.perf_counter() - t0
     test = accuracy_report(test_pred, test_y, len(ds.classnames))
 
-    fewshot = splits.load_fewshot(root, dataset, cfg["data"]["shots"], seed)
+    fewshot = splits.load_fewshot(root, dataset, cfg["data"]["shots"], seed, split=ds.split)
     val_x, val_y = images.load_eval_images(root, dataset, fewshot["val"], clip.image_size, cache=cache)
     val = accuracy_report(predict(method, clip, val_x, batch, precision), val_y, len(ds.classnames))
 
-    status = "ok"
-    train_json = run_dir(dataset, method_id, seed) / "train.json"
-    if method_kind(method_id) != "zeroshot" and train_json.is_file():
-        status = read_json(train_json).get("status", "ok")
+    status, trained = "ok", None
+    if method_kind(method_id) != "zeroshot":
+        header = Method.read_header(paths.run_file(dataset, method_id, seed, paths.PARAMS))
+        status, trained = header["status"], header["identity"]
     metrics = {
         "dataset": dataset,
         "method": method_id,
@@ -157,17 +162,22 @@ def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -
         "status": status,
         "eval_images_per_second": round(len(test_y) / seconds, 2) if seconds > 0 else None,
     }
-    out = metrics_path(dataset, method_id, seed)
-    for target in (out, out.with_suffix(".per_class.json")):
+    out, sidecar = (
+        paths.metrics_json(dataset, method_id, seed),
+        paths.per_class_json(dataset, method_id, seed),
+    )
+    for target in (out, sidecar):
         remove_stale_temps(target)  # left by a killed earlier attempt of this job
     write_json(
-        out.with_suffix(".per_class.json"),
+        sidecar,
         {
             "dataset": dataset,
             "method": method_id,
             "seed": seed,
             "classnames": ds.classnames,
             "accuracy": test["per_class"],
+            **job.record(),
+            "evaluated": trained,  # the training identity of the evaluated parameters (None: zero-shot)
         },
     )
     write_json(out, metrics)
@@ -182,10 +192,13 @@ def evaluate_run(cfg: dict[str, Any], dataset: str, method_id: str, seed: int) -
 @click.pass_obj
 def evaluate_command(ctx: RunContext, dataset: str, method_id: str, seed: int, device: str | None) -> None:
     """Top-1 (micro), macro and per-class accuracy on the full test split."""
+    from promptbias.pipeline.bind import bind_job
+
     cfg = ctx.config
     if device is not None:
         cfg["device"] = device
-    m = evaluate_run(cfg, dataset, method_id, seed)
+    job = bind_job(ctx, cfg, "evaluate", {"dataset": dataset, "method": method_id, "seed": seed})
+    m = evaluate_run(cfg, job, dataset, method_id, seed)
     click.echo(
         f"{dataset}/{method_id}/seed{seed}: accuracy {m['accuracy']:.2f}% (macro {m['macro_accuracy']:.2f}%, "
         f"val {m['val_accuracy']:.2f}%) on {m['n_test']} test images"

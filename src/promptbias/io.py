@@ -16,7 +16,9 @@ Fault injection (for tests/reliability only; unset in normal use): ``PROMPTBIAS_
 makes the ``n``-th (default 1st) ``atomic_path`` write in this process whose target path contains
 ``substring`` fail right before ``os.replace`` — after the temporary file is complete and synced.
 Actions: ``kill`` (SIGKILL this process), ``term`` (SIGTERM to this process, then carry on),
-``enospc`` (raise ``OSError(ENOSPC)``, as a full disk would).
+``enospc`` (raise ``OSError(ENOSPC)``, as a full disk would). Long loops also pass named points through
+the same hook (:func:`fault_point`, e.g. training's ``<run dir>/epoch3-step2``), so a test can interrupt
+a job at an exact step instead of racing it with a timer.
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def _inject_fault(target: Path) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
     else:
         raise ValueError(f"{FAULT_ENV}: unknown action {action!r} (kill | term | enospc)")
+
+
+def fault_point(label: str) -> None:
+    """A named point where ``PROMPTBIAS_FAULT`` may kill or signal this process (tests only)."""
+    if os.environ.get(FAULT_ENV):
+        _inject_fault(Path(label))
 
 
 def disk_full_error(target: str | os.PathLike) -> UserError:

@@ -19,32 +19,19 @@ Outputs (in ``demo.clip_dir``, atomically):
   right after training with the reloaded weights: zero-shot top-1 on each demo dataset's test split
   (dataset template) and a 16-shot linear probe on frozen image features (predicts tuning gains).
 
-Keys read from ``cfg["demo"]`` (all optional; defaults in ``DEFAULTS``):
+Keys read from ``cfg["demo"]`` (every one is set in params.yaml, with its meaning; config/demo.yaml
+overrides some): world_seed, pretrain_seed, model, clip_dir, pretrain_steps, batch_size, lr,
+weight_decay, warmup_steps, corpus_size (null → steps × batch), texture_batch_share (share of batches,
+reached half-way by a linear ramp, made of background-only pairs: hard negatives that differ in
+texture alone), eval_datasets, probe_shots, pretrain_threads.
 
-    world_seed        0                  seed of the demo world (corpus and evaluation datasets)
-    pretrain_seed     0                  seed of initialisation, batch order and augmentation
-    model             "promptbias-demo"  open_clip config to pretrain
-    clip_dir          "runs/demo_clip"   output folder
-    pretrain_steps    300                optimiser steps
-    batch_size        64                 pairs per step (InfoNCE negatives)
-    lr                0.003              peak AdamW learning rate
-    weight_decay      0.1                on ≥2-D weights only
-    warmup_steps      20                 linear warm-up, then cosine to 0
-    corpus_size       null               pairs generated; null → steps × batch (each pair seen once)
-    texture_batch_share 0.15             share of batches (reached half-way, linear ramp from 0) made of
-                                         background-only pairs: hard negatives that differ in texture
-                                         alone, so the image tower learns textures, not just colour
-    eval_datasets     [demo_shapes, demo_textures, demo_aerial]   evaluated after training
-    probe_shots       16                 shots per class of the linear probe
-
-Threads: ``torch.set_num_threads`` from ``PROMPTBIAS_THREADS`` or ``OMP_NUM_THREADS`` when set
-(Snakemake passes its job threads that way), else torch's default.
+Threads: ``torch.set_num_threads(demo.pretrain_threads)`` — fixed by the config, never taken from the
+engine (Snakemake's OMP_NUM_THREADS), since the result depends on it.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -55,48 +42,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from promptbias import paths
 from promptbias.config import RunContext
 from promptbias.errors import UserError
 from promptbias.io import atomic_path, provenance, write_json
 
-DEFAULTS: dict[str, Any] = {
-    "world_seed": 0,
-    "pretrain_seed": 0,
-    "model": "promptbias-demo",
-    "clip_dir": "runs/demo_clip",
-    "pretrain_steps": 300,
-    "batch_size": 64,
-    "lr": 0.003,
-    "weight_decay": 0.1,
-    "warmup_steps": 20,
-    "corpus_size": None,
-    "texture_batch_share": 0.15,
-    "eval_datasets": ["demo_shapes", "demo_textures", "demo_aerial"],
-    "probe_shots": 16,
-}
-WEIGHTS_NAME = "open_clip_model.safetensors"
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
 def demo_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The ``demo`` section with defaults filled in (only the keys this command reads)."""
-    demo = cfg.get("demo", {}) or {}
-    out = {key: demo.get(key, default) for key, default in DEFAULTS.items()}
+    """The ``demo`` section as pretraining reads it (corpus_size filled in)."""
+    out = {key: value for key, value in cfg["demo"].items() if key != "enabled"}
     if out["corpus_size"] is None:
         out["corpus_size"] = int(out["pretrain_steps"]) * int(out["batch_size"])
-    for key in ("pretrain_steps", "batch_size", "corpus_size", "probe_shots"):
-        if not isinstance(out[key], int) or out[key] < 1:
-            raise UserError(f"demo.{key}: {out[key]!r} must be a positive integer — fix config/demo.yaml")
     if out["corpus_size"] < out["batch_size"]:
         raise UserError(f"demo.corpus_size: {out['corpus_size']} is smaller than demo.batch_size — raise it")
     return out
-
-
-def _set_threads() -> int:
-    env = os.environ.get("PROMPTBIAS_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if env:
-        torch.set_num_threads(max(1, int(env)))
-    return torch.get_num_threads()
 
 
 # ------------------------------------------------------------------------------------- model pieces
@@ -155,7 +116,8 @@ def pretrain(
     from promptbias.data.demo import background_only, caption_corpus
     from promptbias.model import load_clip
 
-    threads = _set_threads()
+    torch.set_num_threads(int(settings["pretrain_threads"]))
+    threads = torch.get_num_threads()
     torch.manual_seed(settings["pretrain_seed"])
     clip = load_clip(settings["model"], None)
     model = clip.model.train().requires_grad_(True)
@@ -349,12 +311,14 @@ def evaluate_demo(clip: Any, settings: dict[str, Any]) -> dict[str, Any]:
 def pretrain_demo(ctx: RunContext) -> None:
     """Pretrain the demo CLIP on the demo world's caption corpus (CPU, a few minutes)."""
     from promptbias.model import load_clip
+    from promptbias.pipeline.bind import bind_job
 
+    job = bind_job(ctx, ctx.config, "pretrain-demo")
     settings = demo_settings(ctx.config)
     out_dir = Path(settings["clip_dir"])
     t0 = time.perf_counter()
     model, record = pretrain(settings)
-    weights = out_dir / WEIGHTS_NAME
+    weights = paths.demo_weights(out_dir)
     save_weights(model, weights)
     clip = load_clip(settings["model"], str(weights))  # proves the file loads through the real loader
     t_eval = time.perf_counter()
@@ -362,8 +326,9 @@ def pretrain_demo(ctx: RunContext) -> None:
     record["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
     record["wall_seconds"] = round(time.perf_counter() - t0, 2)
     record = {"model": settings["model"], "weights": str(weights), "settings": settings, **record}
+    record.update(job.record())
     record["provenance"] = provenance()
-    write_json(out_dir / "pretrain.json", record)
+    write_json(paths.demo_record(out_dir), record)
     summary = ", ".join(
         f"{k} zero-shot {v['zeroshot_accuracy']:.1f}%" for k, v in record["evaluation"].items()
     )

@@ -1,25 +1,29 @@
-"""``promptbias run --gpus N``: DVC decides what is stale, Snakemake runs it in parallel, DVC commits.
+"""``promptbias run --gpus N``: DVC decides what is stale, Snakemake runs it, DVC commits — in rounds.
 
-    promptbias run --gpus 4                                   # the paper config (params.yaml + dvc.yaml)
+    promptbias run --gpus 4                                   # this repo's layering (dvc.yaml's params)
     promptbias --params params.yaml --params config/demo.yaml run --gpus 0      # a layered config
-    promptbias run --gpus 4 -n                                # show the plan, run nothing
+    promptbias run --gpus 4 -n                                # the plan; writes nothing
+    promptbias run --gpus 4 --force 'train-eurosat-*'         # rerun these stages too (code changed)
     promptbias run --gpus 4 -- --profile workflow/profiles/slurm   # extra arguments go to snakemake
 
-Snakemake keeps its provenance in ``.snakemake/`` (not in git), so after a clone or a checkout it
-cannot tell that params changed; DVC can (``dvc.lock`` is committed). The driver therefore
+Snakemake keeps its provenance in ``.snakemake/`` (not in git) and decides on file times, which mean
+nothing after a clone, a checkout or a ``dvc pull``; DVC compares content with the committed
+``dvc.lock``. So the driver, after checking once that ``dvc.yaml`` is what the stage spec generates for
+these params files, repeats until ``dvc status`` is clean:
 
-1. checks that ``dvc.yaml`` matches the stage spec for these params files (``promptbias dvc-yaml``);
-2. asks ``dvc status --json`` which stages are stale and maps them to their outputs;
-3. ``snakemake --touch``: marks everything Snakemake would otherwise rerun (on mtimes) as up to date;
-4. ``snakemake --cores all --resources gpu=N --forcerun <stale outputs>``: reruns exactly those jobs and,
-   by timestamps, everything downstream of them, N GPU jobs at a time;
-5. ``dvc commit --force`` on success, so ``dvc.lock`` records the new hashes (``dvc status`` is clean).
+1. ``dvc status --json``: the stale stages; of those, the ones with no stale stage upstream (the frontier);
+2. Snakemake runs exactly the frontier's jobs (``--forcerun`` on their outputs, ``--rerun-triggers
+   input``: no decision on file times), N GPU jobs at a time;
+3. each job's record (train.json, the metrics sidecar, the probe sidecars, pretrain.json) must state the
+   params values that dvc.yaml tracks for it; then ``dvc commit`` of exactly those stages.
 
-Plain ``snakemake …`` and plain ``dvc repro`` keep working on their own.
+A stage whose inputs an upstream rerun reproduced byte for byte is clean in the next round, so nothing
+below it reruns: after a ``dvc pull`` only the data stages (their outputs are not pushed) run again.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shlex
 import shutil
@@ -31,7 +35,8 @@ from typing import Any
 import click
 
 from promptbias.errors import UserError
-from promptbias.pipeline import DEFAULT_PARAMS, Pipeline
+from promptbias.pipeline import DEFAULT_PARAMS, Job, Pipeline
+from promptbias.pipeline.dvc import check_fresh
 
 
 def _tool(name: str) -> str:
@@ -47,13 +52,33 @@ def _tool(name: str) -> str:
 
 def stale_stages(dvc: str = "dvc") -> dict[str, Any]:
     """``dvc status --json`` as {stage name: changes} (empty when everything is up to date)."""
-    res = subprocess.run([dvc, "status", "--json", "-q"], capture_output=True, text=True, check=False)
+    res = subprocess.run([dvc, "status", "--json"], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"dvc status failed ({last}) — run `dvc status` to see why (is this a DVC repo?)")
-    text = res.stdout.strip()
-    status = json.loads(text) if text else {}
+    lines = [line for line in res.stdout.splitlines() if line.strip().startswith("{")]
+    if not lines:
+        raise UserError(
+            f"dvc status --json printed no JSON ({res.stdout.strip()[:120]!r}) — run `dvc status`"
+        )
+    status = json.loads(lines[-1])
     return {name.split(":", 1)[-1]: changes for name, changes in status.items()}
+
+
+def frontier(jobs: dict[str, Job], stale: set[str]) -> list[str]:
+    """The stale jobs none of whose ancestors is stale, in DAG order."""
+    producer = {path: name for name, job in jobs.items() for path in job.out_paths}
+    parents = {name: {producer[d] for d in job.deps if d in producer} for name, job in jobs.items()}
+    memo: dict[str, set[str]] = {}
+
+    def ancestors(name: str) -> set[str]:
+        if name not in memo:
+            memo[name] = set()
+            for parent in parents[name]:
+                memo[name] |= {parent} | ancestors(parent)
+        return memo[name]
+
+    return [name for name in jobs if name in stale and not (ancestors(name) & stale)]
 
 
 def snakemake_config_args(params_files: tuple[str, ...]) -> list[str]:
@@ -67,14 +92,38 @@ def snakemake_config_args(params_files: tuple[str, ...]) -> list[str]:
     return ["--configfile", *extra] if extra else []
 
 
+def check_records(pipe: Pipeline, jobs: list[Job]) -> None:
+    """UserError unless every record of these jobs states the params values this config gives them."""
+    for job in jobs:
+        want = json.loads(json.dumps(pipe.param_values(job.params)))
+        for record in job.records:
+            try:
+                stated = json.loads(Path(record).read_text()).get("params")
+            except (OSError, ValueError):
+                raise UserError(
+                    f"{record}: missing or unreadable after job {job.name} ran — rerun `promptbias run`"
+                ) from None
+            if stated != want:
+                raise UserError(
+                    f"{record}: states params other than those dvc.yaml tracks for {job.name} — nothing committed; "
+                    "rerun `promptbias run`"
+                )
+
+
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @click.option(
     "--gpus", type=click.IntRange(min=0), default=None, help="GPU jobs at a time (default: visible GPUs)."
 )
 @click.option("--cores", default="all", show_default=True, help="Snakemake --cores.")
-@click.option("-n", "--dry-run", is_flag=True, help="Show what DVC finds stale and what Snakemake would run.")
 @click.option(
-    "--target", "targets", multiple=True, default=("all",), show_default=True, help="Snakemake target."
+    "-n", "--dry-run", is_flag=True, help="Show what DVC finds stale and what would run first; write nothing."
+)
+@click.option(
+    "--force",
+    "forced",
+    multiple=True,
+    metavar="STAGE",
+    help="Also rerun these stages (names or shell patterns, e.g. 'train-*'), as after a code change.",
 )
 @click.argument("snakemake_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
@@ -83,7 +132,7 @@ def run_command(
     gpus: int | None,
     cores: str,
     dry_run: bool,
-    targets: tuple[str, ...],
+    forced: tuple[str, ...],
     snakemake_args: tuple[str, ...],
 ) -> None:
     """Run the stale part of the DAG: DVC decides, Snakemake runs (N GPU jobs at a time), DVC commits."""
@@ -92,46 +141,59 @@ def run_command(
             "run: --set is not seen by DVC — put the value in a params file and pass it with --params"
         )
     pipe = Pipeline.from_files(ctx.params_files)
-    dvc_file = Path("dvc.yaml")
-    if not dvc_file.is_file() or dvc_file.read_text() != pipe.dvc_yaml():
-        regen = shlex.join(
-            ["promptbias", *(a for f in ctx.params_files for a in ("--params", f)), "dvc-yaml"]
-        )
-        raise UserError(f"dvc.yaml does not match {' + '.join(ctx.params_files)} — run `{regen}` first")
+    check_fresh(pipe)
     if gpus is None:
         from promptbias.devices import visible_gpus
 
         gpus = len(visible_gpus())
     dvc, snakemake = _tool("dvc"), _tool("snakemake")
-    config_args = snakemake_config_args(ctx.params_files)
+    jobs = {job.name: job for job in pipe.jobs()}
+    force = {name for name in jobs if any(fnmatch.fnmatchcase(name, pattern) for pattern in forced)}
+    if forced and not force:
+        raise UserError(f"--force {forced[0]}: no stage of dvc.yaml matches — see `dvc stage list`")
+    # options after the targets: --forcerun, --configfile and --resources take several values each
+    options = [*snakemake_config_args(ctx.params_files), "--rerun-triggers", "input", "--rerun-incomplete"]
+    options += ["--cores", cores, "--resources", f"gpu={gpus}", *snakemake_args]
 
-    stale = stale_stages(dvc)
-    outs_by_stage = {job.name: job.out_paths for job in pipe.jobs()}
-    unknown = sorted(set(stale) - set(outs_by_stage))
-    if unknown:
-        raise UserError(
-            f"dvc status names stages the spec does not know ({', '.join(unknown[:3])}) — regenerate dvc.yaml"
+    done: set[str] = set()
+    for round_no in range(1, len(jobs) + 2):
+        stale = stale_stages(dvc) | ({name: "forced" for name in force} if round_no == 1 else {})
+        unknown = sorted(set(stale) - set(jobs))
+        if unknown:
+            raise UserError(
+                f"dvc status names stages the spec does not know ({', '.join(unknown[:3])}) — regenerate dvc.yaml"
+            )
+        if not stale:
+            break
+        todo = frontier(jobs, set(stale))
+        click.echo(
+            f"promptbias run: round {round_no}: DVC finds {len(stale)} stale stage(s) of {len(jobs)}; running {len(todo)}",
+            err=True,
         )
-    forced = [path for name in stale for path in outs_by_stage[name]]
-    click.echo(f"promptbias run: DVC finds {len(stale)} stale stage(s) of {len(outs_by_stage)}", err=True)
-    for name in list(stale)[:20]:
-        click.echo(f"  {name}", err=True)
-
-    # every output is written atomically, so a file left by a killed run is complete: never refuse it
-    base = [snakemake, *targets, *config_args, "--rerun-incomplete", *snakemake_args]
-    _call([*base, "--touch", "--cores", "1"], "snakemake --touch")
-    run = [*base, "--cores", cores, "--resources", f"gpu={gpus}"]
-    if forced:
-        run += ["--forcerun", *forced]
-    if dry_run:
-        run.append("--dry-run")
-    _call(run, "snakemake")
-    if not dry_run:
-        # commit the stages whose outputs exist (a --target run builds only part of dvc.yaml)
-        built = [job.name for job in pipe.jobs() if all(Path(p).exists() for p in job.out_paths)]
-        if built:
-            _call([dvc, "commit", "--force", "--quiet", *built], "dvc commit")
-        click.echo("ok: DAG up to date; dvc.lock updated (commit it with git)", err=True)
+        for name in todo[:20]:
+            click.echo(f"  {name}", err=True)
+        if set(todo) & done:
+            again = sorted(set(todo) & done)[0]
+            raise UserError(
+                f"{again} is still stale after it ran — see `dvc status {again}`; nothing more committed"
+            )
+        outputs = [path for name in todo for path in jobs[name].out_paths]
+        snakemake_argv = [snakemake, *outputs, "--forcerun", *outputs, *options]
+        if dry_run:
+            _call([*snakemake_argv, "--dry-run"], "snakemake --dry-run")
+            click.echo(
+                "dry run: later rounds are decided by what this one changes; nothing was written", err=True
+            )
+            return
+        _call(snakemake_argv, "snakemake")
+        check_records(pipe, [jobs[name] for name in todo])
+        _call([dvc, "commit", "--force", "--quiet", *todo], "dvc commit")
+        done |= set(todo)
+    else:
+        raise UserError("promptbias run: the DAG did not settle — see `dvc status`")
+    click.echo(
+        f"ok: DAG up to date ({len(done)} stage(s) ran); dvc.lock updated (commit it with git)", err=True
+    )
 
 
 def _call(argv: list[str], what: str) -> None:

@@ -1,38 +1,18 @@
-"""Where a run's files live, and how a stage gets its backbone and (trained) method.
+"""How a stage gets its backbone, its dataset and its (trained) method.
 
-    clip = load_backbone(cfg)                                   # frozen CLIP on the configured device
-    ds = dataset_info(cfg, "eurosat")                           # classnames + template + split
-    method = load_method(cfg, clip, ds, "prompt", seed=1)       # zeroshot: built; others: trained params
-    run_dir("eurosat", "prompt", 1) / "params.safetensors"
-
-All paths are relative to the working directory (the repository root), the same for Snakemake and DVC.
+clip = load_backbone(cfg)                                   # frozen CLIP on the configured device
+ds = dataset_info(cfg, "eurosat")                           # classnames + template + split
+method = load_method(cfg, clip, ds, "prompt", seed=1)       # zeroshot: built; others: trained params
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from promptbias import paths
 from promptbias.config import method_kind
 from promptbias.errors import UserError
-
-RUNS = Path("runs")
-METRICS = Path("metrics")
-PROBES = Path("probes")
-RESULTS = Path("results")
-
-
-def run_dir(dataset: str, method: str, seed: int) -> Path:
-    return RUNS / dataset / method / f"seed{seed}"
-
-
-def metrics_path(dataset: str, method: str, seed: int) -> Path:
-    return METRICS / dataset / method / f"seed{seed}.json"
-
-
-def probe_dir(dataset: str, method: str, seed: int) -> Path:
-    return PROBES / dataset / method / f"seed{seed}"
 
 
 @dataclass
@@ -52,30 +32,101 @@ def dataset_info(cfg: dict[str, Any], dataset: str) -> DatasetInfo:
     return DatasetInfo(name=dataset, classnames=list(split["classnames"]), template=template, split=split)
 
 
+def set_threads(n: int) -> None:
+    """Fix torch's CPU threads (results on a CPU depend on them): never the engine's OMP_NUM_THREADS."""
+    import torch
+
+    torch.set_num_threads(int(n))
+
+
 def load_backbone(cfg: dict[str, Any], device: str | None = None):
-    """The frozen CLIP of ``model.*`` on ``device`` (claims a free GPU slot first when on CUDA)."""
+    """The frozen CLIP of ``model.*`` on ``device`` (claims a free GPU slot first when on CUDA), with
+    torch's CPU threads fixed to ``cpu_threads``."""
     from promptbias.model import load_clip, resolve_device
 
-    wanted = device or cfg.get("device", "auto")
-    resolved = resolve_device(wanted)
+    set_threads(cfg["cpu_threads"])
+    resolved = resolve_device(device or cfg["device"])
     if resolved.type == "cuda":
         from promptbias.devices import claim_gpu_slot
 
         claim_gpu_slot()  # sets CUDA_VISIBLE_DEVICES to a free GPU before CUDA initialises
         resolved = resolve_device("cuda")
-    return load_clip(cfg["model"]["name"], cfg["model"].get("pretrained"), device=resolved)
+    return load_clip(cfg["model"]["name"], cfg["model"]["pretrained"], device=resolved)
 
 
-def load_method(cfg: dict[str, Any], clip, ds: DatasetInfo, method_id: str, seed: int):
-    """Zero-shot is built from the template; trained methods are read from their run folder."""
+def load_method(
+    cfg: dict[str, Any], clip, ds: DatasetInfo, method_id: str, seed: int, check_splits: bool = False
+):
+    """Zero-shot is built from the template; trained methods are read from their run folder, after
+    checking that this config's training job wrote them (:func:`check_trained_for`; ``check_splits``:
+    also that it trained on the split files there now)."""
     from promptbias.methods import Method, build_method
 
     kind = method_kind(method_id)
     if kind == "zeroshot":
         return build_method("zeroshot", clip, ds.classnames, ds.template)
-    path = run_dir(ds.name, method_id, seed) / "params.safetensors"
+    path = paths.run_file(ds.name, method_id, seed, paths.PARAMS)
     if not path.is_file():
         raise UserError(
-            f"{path}: no trained parameters — run `promptbias train --dataset {ds.name} --method {method_id} --seed {seed}` first"
+            f"{path}: no trained parameters — run `{_train_command(ds.name, method_id, seed)}` first"
         )
-    return Method.load(path, clip, ds.classnames, ds.template, expect_kind=kind)
+    method = Method.load(path, clip, ds.classnames, ds.template, expect_kind=kind)
+    saved = Method.read_header(path).get("identity")
+    check_trained_for(cfg, path, saved, ds.name, method_id, seed, check_splits)
+    return method
+
+
+# runtime knobs of the training job: they change its bits, not what it is (evaluate may run elsewhere)
+_RUNTIME_KEYS = ("device", "cpu_threads")
+
+
+def check_trained_for(
+    cfg: dict[str, Any],
+    path: Any,
+    saved: dict[str, Any] | None,
+    dataset: str,
+    method_id: str,
+    seed: int,
+    check_splits: bool = True,
+) -> None:
+    """UserError unless ``saved`` (a params file's training identity) is the identity of this config's
+    training job: its params values and backbone weights (and its split files, with ``check_splits``)."""
+    from promptbias import identity
+    from promptbias.pipeline.plan import job_values
+
+    retrain = f"retrain: `{_train_command(dataset, method_id, seed)}`"
+    if not isinstance(saved, dict) or "params" not in saved:
+        raise UserError(
+            f"{path}: no training identity in its header (not written by `promptbias train`) — {retrain}"
+        )
+    name, params = job_values(cfg, "train", {"dataset": dataset, "method": method_id, "seed": seed})
+    if saved.get("job") != name:
+        raise UserError(f"{path}: written by job {saved.get('job')}, not {name} — {retrain}")
+    differ = [k for k in identity.differences(saved["params"], params) if not k.startswith(_RUNTIME_KEYS)]
+    if differ:
+        raise UserError(
+            f"{path}: trained with other settings than this config ({', '.join(differ[:3])}) — {retrain}"
+        )
+    if saved.get("backbone") != identity.backbone(cfg["model"]):
+        raise UserError(
+            f"{path}: trained on other backbone weights than {cfg['model']['pretrained']} — {retrain}"
+        )
+    if not check_splits:
+        return
+    root, shots = cfg["data"]["root"], cfg["data"]["shots"]
+    current = {
+        "raw_split": identity.sha256_file(paths.raw_json(root, dataset)),
+        "fewshot_split": identity.sha256_file(paths.split_json(root, dataset, shots, seed)),
+    }
+    for key, digest in current.items():
+        if saved.get("inputs", {}).get(key) != digest:
+            which = (
+                paths.raw_json(root, dataset)
+                if key == "raw_split"
+                else paths.split_json(root, dataset, shots, seed)
+            )
+            raise UserError(f"{path}: trained on another version of {which} — {retrain}")
+
+
+def _train_command(dataset: str, method_id: str, seed: int) -> str:
+    return f"promptbias train --dataset {dataset} --method {method_id} --seed {seed}"

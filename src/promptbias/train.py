@@ -7,19 +7,25 @@ schedule stepped per epoch: lr(e) = lr·½(1+cos(π(e−w)/T)) for e ≥ w (T = 
 is dropped when N ≥ batch. bf16 autocast on CUDA, fp32 on CPU. Text features for all classes are computed
 once per step (once per run when no learnable tensor reaches the text tower).
 
-Outputs in ``runs/<ds>/<method>/seed<S>/``: ``params.safetensors`` (learned tensors only), ``train.json``
-(per-epoch loss/lr/accuracy, wall time, images/s, parameter count, resolved config, provenance) and
-``dvclive/``. A checkpoint is written atomically after every epoch (``checkpoint.pt``: method, optimizer,
-epoch, history); a rerun resumes from it and ends with exactly the result of an uninterrupted run because
-each epoch's shuffling and augmentation come from a generator seeded by (seed, epoch). A non-finite loss
-stops the run with status "diverged" and keeps the last finite epoch's parameters.
+Outputs in ``runs/<ds>/<method>/seed<S>/``: ``params.safetensors`` (learned tensors, with the job's
+identity in the header), ``train.json`` (per-epoch loss/lr/accuracy, images/s, the job's params values
+and identity, provenance) and ``dvclive/`` (when the project is a DVC repository).
+
+Resume: a checkpoint is written atomically after every epoch (``checkpoint.pt``: method, optimizer,
+epoch, history, identity) and removed when the job has written its outputs. A rerun resumes from it only
+when its identity is this job's — the params values, the content of the split files and of the train
+images, the backbone weights, the code and the torch build — and then ends with exactly the result of an
+uninterrupted run (each epoch's shuffling and augmentation come from a generator seeded by (seed,
+epoch)). Anything else starts over, so a forced rerun (``dvc repro -f``, ``snakemake --forcerun``)
+retrains. SIGTERM (SLURM preemption) stops at the next step with the last epoch checkpointed and exit
+status 75; a SIGTERM that arrives once all epochs are done lets the job finish. A non-finite loss stops
+the run with status "diverged" and keeps the last finite epoch's parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import math
@@ -32,12 +38,14 @@ from typing import Any
 
 import click
 
-from promptbias.config import RunContext, method_settings
+from promptbias import paths
+from promptbias.config import RunContext, method_lr, method_settings
 from promptbias.errors import UserError
-from promptbias.runs import run_dir
 
-CHECKPOINT = "checkpoint.pt"
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the SLURM profile requeues on it
+# the part of a job's identity kept in params.safetensors (what was trained, on what): evaluate and probe
+# check it; the code and torch build decide only whether a checkpoint may resume
+TRAINED_IDENTITY = ("job", "params", "inputs", "backbone")
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" (see workflow/profiles/slurm for what requeues it)
 
 
 @dataclass(frozen=True)
@@ -55,245 +63,340 @@ class Schedule:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / self.epochs))
 
 
-def training_settings(cfg: dict[str, Any], method_id: str) -> dict[str, Any]:
-    """Exactly the keys that decide a training run (also hashed to validate a checkpoint)."""
-    kind, hparams = method_settings(cfg, method_id)
-    return {
-        "method": method_id,
-        "kind": kind,
-        "hparams": {k: v for k, v in hparams.items() if k != "lr"},
-        "lr": hparams.get("lr"),
-        "train": {k: cfg["train"][k] for k in sorted(cfg["train"]) if k != "eval_batch_size"},
-        "shots": cfg["data"]["shots"],
-        "model": {k: cfg["model"].get(k) for k in ("name", "pretrained", "precision")},
-    }
-
-
-def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def epoch_generator(seed: int, epoch: int) -> Any:
     import torch
 
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def autocast(device: Any, precision: str) -> contextlib.AbstractContextManager:
-    import torch
-
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 class _Preempted(Exception):
     pass
 
 
-def train_run(
-    cfg: dict[str, Any], dataset: str, method_id: str, seed: int, progress: bool = True
-) -> dict[str, Any]:
-    """Train and write the run folder; returns the train.json record."""
-    import torch
+@dataclass
+class TrainingData:
+    """The few-shot train images of one seed, their augmentation and the batching they imply."""
 
+    pictures: list[Any]  # uint8 3×H×W each
+    labels: Any  # N long, on the device
+    augment: Any
+    batch_size: int
+    digests: dict[str, str]  # content identity of the split files and the images
+
+    @property
+    def n(self) -> int:
+        return len(self.pictures)
+
+    @property
+    def steps_per_epoch(self) -> int:  # the last partial batch is dropped when N ≥ batch
+        return self.n // self.batch_size if self.n >= self.batch_size else math.ceil(self.n / self.batch_size)
+
+
+def load_training_data(cfg: dict[str, Any], dataset: str, seed: int, clip: Any) -> TrainingData:
+    from promptbias import identity
     from promptbias.data import images, splits
-    from promptbias.io import atomic_path, provenance, remove_stale_temps, write_json
-    from promptbias.methods import build_method
-    from promptbias.runs import dataset_info, load_backbone
 
-    kind, hparams = method_settings(cfg, method_id)
-    if kind == "zeroshot":
-        raise UserError("zeroshot needs no training — run `promptbias evaluate --method zeroshot` directly")
-    settings = training_settings(cfg, method_id)
-    tcfg = cfg["train"]
-    out = run_dir(dataset, method_id, seed)
-    for name in (CHECKPOINT, "params.safetensors", "train.json"):
-        remove_stale_temps(out / name)  # left by a killed earlier attempt of this job
-    torch.manual_seed(seed)
-
-    clip = load_backbone(cfg)
-    device = clip.device
-    ds = dataset_info(cfg, dataset)
-    fewshot = splits.load_fewshot(cfg["data"]["root"], dataset, cfg["data"]["shots"], seed)
+    root, shots = cfg["data"]["root"], cfg["data"]["shots"]
+    split = splits.load_split(root, dataset)
+    fewshot = splits.load_fewshot(root, dataset, shots, seed, split=split)
     if not fewshot["train"]:
         raise UserError(
-            f"{splits.fewshot_path(cfg['data']['root'], dataset, cfg['data']['shots'], seed)}: the train split is "
-            f"empty — check that data/raw/{dataset}.json lists train images, then rerun `promptbias split`"
+            f"{paths.split_json(root, dataset, shots, seed)}: the train split is empty — check that "
+            f"{paths.raw_json(root, dataset)} lists train images, then rerun `promptbias split`"
         )
-    pictures, labels = images.load_train_images(cfg["data"]["root"], dataset, fewshot["train"], max_side=None)
-    crop_scale = tuple(tcfg.get("crop_scale", (0.08, 1.0)))  # RandomResizedCrop area range
-    augment = images.TrainAugment(clip.image_size, scale=crop_scale, device=device)
-    n = len(pictures)
-    batch = tcfg["batch_size"]
-    drop_last = n >= batch
-    steps_per_epoch = n // batch if drop_last else math.ceil(n / batch)
+    rels = [str(item[0]) for item in fewshot["train"]]
+    digests = {
+        "raw_split": identity.sha256_file(paths.raw_json(root, dataset)),
+        "fewshot_split": identity.sha256_file(paths.split_json(root, dataset, shots, seed)),
+        "train_images": identity.listing_digest(
+            rels, identity.sha256_files(paths.raw_dir(root, dataset), rels)
+        ),
+    }
+    pictures, labels = images.load_train_images(root, dataset, fewshot["train"], max_side=None)
+    crop_scale = tuple(cfg["train"]["crop_scale"])  # RandomResizedCrop area range
+    augment = images.TrainAugment(clip.image_size, scale=crop_scale, device=clip.device)
+    return TrainingData(pictures, labels.to(clip.device), augment, cfg["train"]["batch_size"], digests)
 
-    extra = {"init_seed": seed} if kind == "prompt" else {}
-    method = build_method(kind, clip, ds.classnames, ds.template, **{**hparams, **extra})
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params,
-        lr=tcfg.get("warmup_lr", 1e-5),
-        momentum=tcfg.get("momentum", 0.9),
-        weight_decay=tcfg.get("weight_decay", 5e-4),
-    )
-    schedule = Schedule(
-        hparams["lr"], tcfg["epochs"], tcfg.get("warmup_epochs", 1), tcfg.get("warmup_lr", 1e-5)
-    )
-    digest = settings_hash(settings)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    status = "ok"
-    ckpt_path = out / CHECKPOINT
-    state = _read_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    if state is not None:
-        if state.get("settings_hash") == digest:
-            method.load_state_dict(state["method"])
-            optimizer.load_state_dict(state["optimizer"])
-            history = json.loads(state["history"])
-            start_epoch = int(state["epoch"]) + 1
-            status = state.get("status", "ok")
-            click.echo(f"resuming {out} after epoch {start_epoch}/{tcfg['epochs']}", err=True)
-        else:
-            click.echo(f"{ckpt_path}: made with other settings — starting over", err=True)
 
-    precision = cfg["model"].get("precision", "auto")
-    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    model = clip.model
-    fixed_text = None
-    if method.text_is_constant:
-        with torch.no_grad(), autocast(device, precision):
-            fixed_text = method.text_features(model)
-    labels = labels.to(device)
+def job_identity(cfg: dict[str, Any], job: Any, data: TrainingData) -> dict[str, Any]:
+    """Everything that decides the learned tensors: a checkpoint resumes only the job with this identity."""
+    import torch
 
-    def save_checkpoint(epoch: int, run_status: str) -> None:
+    from promptbias import identity
+
+    return {
+        "job": job.name,
+        "params": job.params,
+        "inputs": data.digests,
+        "backbone": identity.backbone(cfg["model"]),
+        "code": identity.code(),
+        "torch": torch.__version__,
+    }
+
+
+class Checkpoint:
+    """``checkpoint.pt`` of one job: written after every epoch, read back only by the same job."""
+
+    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
+        self.path, self.identity = path, identity
+
+    def read(self) -> dict[str, Any] | None:
+        """The saved state when this job wrote it, else None (with a line saying why it starts over)."""
+        import torch
+
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or foreign: RuntimeError, EOFError, UnpicklingError, …
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+            click.echo(f"warning: {self.path}: unreadable checkpoint ({reason}) — starting over", err=True)
+            return None
+        saved = json.loads(state["identity"]) if isinstance(state, dict) and "identity" in state else None
+        if saved != self.identity:
+            from promptbias.identity import differences
+
+            why = (
+                ", ".join(differences(saved, self.identity)[:4]) if isinstance(saved, dict) else "no identity"
+            )
+            click.echo(f"{self.path}: written by another job (differs in: {why}) — starting over", err=True)
+            return None
+        return state
+
+    def write(self, method: Any, optimizer: Any, epoch: int, history: list[dict], status: str) -> None:
+        import torch
+
+        from promptbias.io import atomic_path
+
         state = {
             "method": method.state_dict(),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
             "history": json.dumps(history),
-            "settings_hash": digest,
-            "status": run_status,
-            "torch_rng": torch.get_rng_state(),
+            "identity": json.dumps(self.identity, sort_keys=True),
+            "status": status,
         }
         buffer = io.BytesIO()  # serialise first: a full disk then fails as OSError(ENOSPC) in the write
         torch.save(state, buffer)
-        with atomic_path(ckpt_path, suffix=".pt") as tmp:
+        with atomic_path(self.path, suffix=".pt") as tmp:
             tmp.write_bytes(buffer.getvalue())
 
-    preempted = {"flag": False}
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
-    def _on_sigterm(signum, frame):  # SLURM preemption: stop at the next step, exit for requeue
-        preempted["flag"] = True
 
-    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-    live = _open_live(out / "dvclive", history)
+class _SigtermFlag:
+    """SIGTERM (SLURM preemption) sets a flag that the epoch loop checks between steps."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __enter__(self) -> _SigtermFlag:
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_run(
+    cfg: dict[str, Any],
+    job: Any,
+    dataset: str,
+    method_id: str,
+    seed: int,
+    sigterm: _SigtermFlag | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and write the run folder; returns the train.json record. ``job``: the bound job (its params);
+    ``sigterm``: the SIGTERM flag installed by the command (none: a SIGTERM kills as usual)."""
+    import torch
+
+    from promptbias.io import provenance, remove_stale_temps, write_json
+    from promptbias.methods import build_method
+    from promptbias.model.precision import autocast, precision_name
+    from promptbias.runs import dataset_info, load_backbone
+
+    kind, hparams = method_settings(cfg, method_id)
+    if kind == "zeroshot":
+        raise UserError("zeroshot needs no training — run `promptbias evaluate --method zeroshot` directly")
+    lr = method_lr(cfg, method_id)
+    tcfg = cfg["train"]
+    out = paths.run_dir(dataset, method_id, seed)
+    for name in (paths.CHECKPOINT, paths.PARAMS, paths.TRAIN_RECORD):
+        remove_stale_temps(out / name)  # left by a killed earlier attempt of this job
+    torch.manual_seed(seed)
+
+    clip = load_backbone(cfg)
+    ds = dataset_info(cfg, dataset)
+    data = load_training_data(cfg, dataset, seed, clip)
+    identity = job_identity(cfg, job, data)
+    extra = {"init_seed": seed} if kind == "prompt" else {}
+    method = build_method(kind, clip, ds.classnames, ds.template, **hparams, **extra)
+    optimizer = torch.optim.SGD(
+        [p for p in method.parameters() if p.requires_grad],
+        lr=tcfg["warmup_lr"],
+        momentum=tcfg["momentum"],
+        weight_decay=tcfg["weight_decay"],
+    )
+    schedule = Schedule(lr, tcfg["epochs"], tcfg["warmup_epochs"], tcfg["warmup_lr"])
+    checkpoint = Checkpoint(out / paths.CHECKPOINT, identity)
+    history: list[dict[str, Any]] = []
+    start_epoch, status = 0, "ok"
+    state = checkpoint.read()
+    if state is not None:
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = json.loads(state["history"])
+        start_epoch, status = int(state["epoch"]) + 1, state["status"]
+        click.echo(f"resuming {out} after epoch {start_epoch}/{tcfg['epochs']}", err=True)
+
+    precision = cfg["model"]["precision"]
+    fixed_text = None
+    if method.text_is_constant:
+        with torch.no_grad(), autocast(clip.device, precision):
+            fixed_text = method.text_features(clip.model)
+
+    live = _open_live(out / paths.LIVE_DIR, history)
     t_start = time.perf_counter()
+    sigterm = sigterm or _SigtermFlag()
     try:
         for epoch in range(start_epoch, tcfg["epochs"]):
             if status != "ok":
                 break
-            lr = schedule(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            gen = epoch_generator(seed, epoch)
-            order = torch.randperm(n, generator=gen)
-            t0 = time.perf_counter()
-            loss_sum, correct, seen = 0.0, 0, 0
-            snapshot = {k: v.clone() for k, v in method.state_dict().items()}
-            bar = _bar(
-                steps_per_epoch,
-                f"{dataset}/{method_id}/seed{seed} epoch {epoch + 1}/{tcfg['epochs']}",
-                progress,
-            )
-            for step in range(steps_per_epoch):
-                if preempted["flag"]:
-                    raise _Preempted  # the last epoch checkpoint is intact; this epoch reruns on resume
-                idx = order[step * batch : (step + 1) * batch]
-                x = augment([pictures[i] for i in idx.tolist()], gen).to(
-                    device, non_blocking=True
-                )  # B×3×S×S uint8
-                x = (x.float() / 255.0 - mean) / std
-                y = labels[idx.to(device)]
-                with autocast(device, precision):
-                    logits = method.logits(model, x, fixed_text)  # B×C
-                    loss = torch.nn.functional.cross_entropy(logits.float(), y)
-                if not torch.isfinite(loss):
-                    status = "diverged"
-                    method.load_state_dict(snapshot)  # keep the last finite epoch's parameters
-                    click.echo(
-                        f"warning: {dataset}/{method_id}/seed{seed}: loss became non-finite at epoch {epoch + 1} step "
-                        f"{step + 1} — recorded as diverged; keeping the parameters of epoch {epoch}",
-                        err=True,
-                    )
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.item() * len(idx)
-                correct += int((logits.argmax(-1) == y).sum())
-                seen += len(idx)
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss_sum / seen:.3f}",
-                    lr=f"{lr:.2e}",
-                    img_s=f"{seen / (time.perf_counter() - t0):.1f}",
-                )
-            bar.close()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            if status == "ok":
-                record = {
-                    "epoch": epoch + 1,
-                    "lr": lr,
-                    "loss": loss_sum / max(seen, 1),
-                    "accuracy": 100.0 * correct / max(seen, 1),
-                    "seconds": seconds,
-                    "images_per_second": seen / seconds if seconds > 0 else None,
-                }
+            record = _train_epoch(
+                method, clip, data, optimizer, schedule(epoch), epoch, seed, precision, fixed_text, sigterm,
+                label=f"{dataset}/{method_id}/seed{seed} epoch {epoch + 1}/{tcfg['epochs']}",
+                fault_label=f"{out}/epoch{epoch + 1}",  # fault points …/epoch3.step2.
+                progress=progress,
+            )  # fmt: skip
+            if record is None:
+                status = "diverged"
+            else:
                 history.append(record)
                 _log_live(live, record)
-            save_checkpoint(epoch, status)
-            if preempted["flag"] and epoch + 1 < tcfg["epochs"]:
+            checkpoint.write(method, optimizer, epoch, history, status)
+            if sigterm.raised and epoch + 1 < tcfg["epochs"]:
                 raise _Preempted
     except _Preempted:
         click.echo(f"preempted: checkpointed {out} after epoch {len(history)}; rerun to resume", err=True)
         sys.exit(PREEMPTED_EXIT_CODE)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         if live is not None:
             live.end()
-
-    wall = time.perf_counter() - t_start
-    method.save(out / "params.safetensors")
-    total_images = sum(h["images_per_second"] * h["seconds"] for h in history if h["images_per_second"])
+    # all epochs done: a SIGTERM from here on no longer stops the job (its outputs come next)
+    trained = {k: identity[k] for k in TRAINED_IDENTITY}  # code-independent: refactors keep the bytes
+    method.save(out / paths.PARAMS, identity=trained, status=status)
     record = {
         "dataset": dataset,
         "method": method_id,
         "seed": seed,
         "status": status,
-        "epochs_completed": len(history),
-        "parameters": method.num_learnable(),
-        "train_images": n,
-        "steps_per_epoch": steps_per_epoch,
-        "history": history,
-        "wall_seconds_this_process": wall,
-        "train_seconds": sum(h["seconds"] for h in history),
-        "images_per_second": total_images / max(sum(h["seconds"] for h in history), 1e-9),
-        "device": str(device),
-        "precision": "bf16"
-        if (precision == "bf16" or (precision == "auto" and device.type == "cuda"))
-        else "fp32",
-        "settings": settings,
+        **_summary(history, method, data),
+        "wall_seconds_this_process": time.perf_counter() - t_start,
+        "device": str(clip.device),
+        "precision": precision_name(clip.device, precision),
+        **job.record(),
+        "identity": identity,
         "config": cfg,
         "provenance": provenance(),
     }
-    write_json(out / "train.json", record)
+    write_json(out / paths.TRAIN_RECORD, record)  # last: its presence means the job is complete
+    checkpoint.remove()  # done: a forced rerun must retrain, not resume
     return record
+
+
+def _train_epoch(
+    method: Any,
+    clip: Any,
+    data: TrainingData,
+    optimizer: Any,
+    lr: float,
+    epoch: int,
+    seed: int,
+    precision: str,
+    fixed_text: Any,
+    sigterm: _SigtermFlag,
+    label: str,
+    fault_label: str,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """One epoch at learning rate ``lr``; its record, or None when the loss became non-finite (the
+    method's parameters are then restored to the start of the epoch)."""
+    import torch
+
+    from promptbias.data.images import normalize
+    from promptbias.io import fault_point
+    from promptbias.model.precision import autocast
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    gen = epoch_generator(seed, epoch)
+    order = torch.randperm(data.n, generator=gen)
+    snapshot = {k: v.clone() for k, v in method.state_dict().items()}
+    t0 = time.perf_counter()
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = _bar(data.steps_per_epoch, label, progress)
+    for step in range(data.steps_per_epoch):
+        fault_point(f"{fault_label}.step{step + 1}.")
+        if sigterm.raised:
+            raise _Preempted  # the last epoch checkpoint is intact; this epoch reruns on resume
+        idx = order[step * data.batch_size : (step + 1) * data.batch_size]
+        x = data.augment([data.pictures[i] for i in idx.tolist()], gen)  # B×3×S×S uint8
+        x = normalize(x.to(clip.device, non_blocking=True), clip.mean, clip.std)  # B×3×S×S float
+        y = data.labels[idx.to(clip.device)]
+        with autocast(clip.device, precision):
+            logits = method.logits(clip.model, x, fixed_text)  # B×C
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            method.load_state_dict(snapshot)  # keep the last finite epoch's parameters
+            click.echo(
+                f"warning: {label}: loss became non-finite at step {step + 1} — recorded as diverged; "
+                f"keeping the parameters of epoch {epoch}",
+                err=True,
+            )
+            bar.close()
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(-1) == y).sum())
+        seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}", img_s=f"{seen / (time.perf_counter() - t0):.1f}"
+        )
+    bar.close()
+    if clip.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "loss": loss_sum / max(seen, 1),
+        "accuracy": 100.0 * correct / max(seen, 1),
+        "seconds": seconds,
+        "images_per_second": seen / seconds if seconds > 0 else None,
+    }
+
+
+def _summary(history: list[dict[str, Any]], method: Any, data: TrainingData) -> dict[str, Any]:
+    """train.json's summary of the epochs (throughput over all epochs of all processes)."""
+    train_seconds = sum(h["seconds"] for h in history)
+    total_images = sum(h["images_per_second"] * h["seconds"] for h in history if h["images_per_second"])
+    return {
+        "epochs_completed": len(history),
+        "parameters": method.num_learnable(),
+        "train_images": data.n,
+        "steps_per_epoch": data.steps_per_epoch,
+        "history": history,
+        "train_seconds": train_seconds,
+        "images_per_second": total_images / max(train_seconds, 1e-9),
+    }
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -304,34 +407,26 @@ def _bar(total: int, desc: str, enabled: bool):
     )
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's state, or None (with a warning) when the file cannot be read: start over."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign: RuntimeError, EOFError, UnpicklingError, …
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        click.echo(f"warning: {path}: unreadable checkpoint ({reason}) — starting over", err=True)
-        return None
-    return state if isinstance(state, dict) else None
-
-
 def _open_live(directory: Path, history: list[dict[str, Any]]):
     """DVCLive logger in the run's own folder (no DVC experiment, no dvc.yaml: parallel-safe).
 
-    The folder is rebuilt from the checkpoint's ``history`` on every start, so a run killed between an
-    epoch's log and its checkpoint (or mid-write of a log file) resumes with exactly one row per epoch.
+    Only inside a DVC repository: DVCLive would otherwise ``dvc init`` the enclosing git repository and
+    stage files there (a job never touches git). The folder is rebuilt from the checkpoint's ``history`` on
+    every start, so a run killed between an epoch's log and its checkpoint resumes with one row per epoch.
     """
-    try:
-        from dvclive import Live
-    except ImportError:  # pragma: no cover - dvclive is a dependency
+    if not _inside_dvc_repo(Path.cwd()):
         return None
+    from dvclive import Live
+
     with contextlib.redirect_stdout(sys.stderr):
         live = Live(dir=str(directory), resume=False, save_dvc_exp=False, dvcyaml=False, report=None)
     for record in history:
         _log_live(live, record)
     return live
+
+
+def _inside_dvc_repo(folder: Path) -> bool:
+    return any((parent / ".dvc").is_dir() for parent in (folder, *folder.parents))
 
 
 def _log_live(live: Any, record: dict[str, Any]) -> None:
@@ -365,6 +460,7 @@ def train_command(
 ) -> None:
     """Train one method on one dataset and seed (resumes from its checkpoint)."""
     from promptbias.config import method_kind
+    from promptbias.pipeline.bind import bind_job
 
     cfg = ctx.config
     if epochs is not None:
@@ -375,17 +471,19 @@ def train_command(
         cfg["methods"][method_kind(method_id)]["lr"] = lr
     if device is not None:
         cfg["device"] = device
+    job = bind_job(ctx, cfg, "train", {"dataset": dataset, "method": method_id, "seed": seed})
     try:
-        record = train_run(cfg, dataset, method_id, seed)
+        with _SigtermFlag() as sigterm:  # for the whole job: a late SIGTERM never fails a finished job
+            record = train_run(cfg, job, dataset, method_id, seed, sigterm)
+            last = record["history"][-1] if record["history"] else {}
+            click.echo(
+                f"{dataset}/{method_id}/seed{seed}: {record['status']}, {record['epochs_completed']} epochs, "
+                f"loss {last.get('loss', float('nan')):.4f}, {record['images_per_second']:.1f} img/s, "
+                f"{record['parameters']} learnable parameters"
+            )
     except OSError as exc:  # a full disk outside atomic_path (e.g. the DVCLive logs)
         from promptbias.io import disk_full_error
 
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_full_error(exc.filename or run_dir(dataset, method_id, seed)) from None
+            raise disk_full_error(exc.filename or paths.run_dir(dataset, method_id, seed)) from None
         raise
-    last = record["history"][-1] if record["history"] else {}
-    click.echo(
-        f"{dataset}/{method_id}/seed{seed}: {record['status']}, {record['epochs_completed']} epochs, "
-        f"loss {last.get('loss', float('nan')):.4f}, {record['images_per_second']:.1f} img/s, "
-        f"{record['parameters']} learnable parameters"
-    )

@@ -1,20 +1,25 @@
-# One wildcard rule per stage of src/promptbias/pipeline.py (fetch, split, cache, pretrain_demo, train,
+# One wildcard rule per stage of src/promptbias/pipeline/spec.py (fetch, split, cache, pretrain_demo, train,
 # evaluate, aggregate, probe, render). Inputs, the command line and the params values of a job come from
 # the same Pipeline object that writes dvc.yaml, so both engines run identical jobs.
 #   resources: gpu=1 on GPU stages (0 when device: cpu) — the job itself picks a free GPU (devices.py)
-#   params.values: the params keys the command reads, so Snakemake's params trigger sees an edit
+#   threads: what the job really uses (decoding workers on a GPU; cpu_threads / demo.pretrain_threads on a CPU)
+#   params.values: the resolved values of the keys the command reads — Snakemake's params trigger sees an
+#     edit of any of them, and nothing else: the command line (which names the params files) is built in
+#     the run: block, so adding a layer file reruns only the jobs whose values change
 #   log: logs/<stage>/... per job
 
+import shlex
 
-from promptbias.pipeline import wildcard_constraints as _wildcard_constraints
+from promptbias.pipeline.snakemake import rule_threads as _rule_threads
+from promptbias.pipeline.snakemake import wildcard_constraints as _wildcard_constraints
 
 
 wildcard_constraints:
     **_wildcard_constraints(PIPE),
 
 
-def _job(stage, wildcards):
-    return PIPE.job(stage.name, dict(wildcards))
+def _job(stage_name, wildcards):
+    return PIPE.job(stage_name, dict(wildcards))
 
 
 def _output(out):
@@ -24,11 +29,10 @@ def _output(out):
     return path
 
 
-def _threads(stage):
-    """GPU stages on a GPU get data.num_workers CPU threads for decoding; everything else one."""
-    if stage.gpu and PIPE.cfg["device"] != "cpu":
-        return max(1, int(PIPE.cfg["data"].get("num_workers") or 1))
-    return 1
+def _run_job(rule_name, wildcards, log):
+    """The job's promptbias command, its output into the job's log (braces escaped for shell())."""
+    line = f"( {PIPE.command(_job(rule_name, wildcards))} ) > {shlex.quote(str(log[0]))} 2>&1"
+    shell(line.replace("{", "{{").replace("}", "}}"))
 
 
 for _stage in PIPE.stages():
@@ -37,16 +41,15 @@ for _stage in PIPE.stages():
         name:
             _stage.rule_name
         input:
-            lambda wc, s=_stage: _job(s, wc).deps,
+            lambda wc, s=_stage: _job(s.name, wc).deps,
         output:
             *[_output(o) for o in _stage.outs(PIPE.cfg)],
         log:
             _stage.log,
         params:
-            cmd=lambda wc, s=_stage: _job(s, wc).cmd,
-            values=lambda wc, s=_stage: PIPE.param_values(_job(s, wc).params),
-        threads: _threads(_stage)
+            values=lambda wc, s=_stage: PIPE.param_values(_job(s.name, wc).params),
+        threads: _rule_threads(PIPE, _stage)
         resources:
             gpu=int(_stage.gpu and PIPE.cfg["device"] != "cpu"),
-        shell:
-            "( {params.cmd} ) > {log} 2>&1"
+        run:
+            _run_job(rule, wildcards, log)

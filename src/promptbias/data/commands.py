@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from promptbias import paths
 from promptbias.config import RunContext
 from promptbias.errors import UserError
 
@@ -34,12 +35,17 @@ def fetch(ctx: RunContext, dataset: str, source: str | None, keep_archives: bool
     """Download (or link with --from) DATASET, verify it, and write its normalised split."""
     from promptbias.data import registry
     from promptbias.data.fetch import fetch_dataset
+    from promptbias.pipeline.bind import bind_job
 
     cfg = ctx.config
     spec = registry.get(dataset)
-    source = source or cfg["data"].get("source_root")
-    seed = int((cfg.get("demo") or {}).get("world_seed", 0))
-    out = fetch_dataset(spec, _root(cfg), source, keep_archives=keep_archives, demo_seed=seed)
+    if source is not None:
+        cfg["data"]["source_root"] = source
+    bind_job(ctx, cfg, "fetch", {"dataset": dataset})
+    seed = int(cfg["demo"]["world_seed"])
+    out = fetch_dataset(
+        spec, _root(cfg), cfg["data"]["source_root"], keep_archives=keep_archives, demo_seed=seed
+    )
     click.echo(f"ok: {out}", err=True)
 
 
@@ -52,12 +58,16 @@ def split(ctx: RunContext, dataset: str, shots: int | None, seed: int) -> None:
     """Write the K-shot subset of DATASET for one seed (CoOp/Dassl-compatible)."""
     from promptbias.data import registry, splits
     from promptbias.io import write_json
+    from promptbias.pipeline.bind import bind_job
 
     cfg = ctx.config
     registry.get(dataset)
-    shots = shots or int(cfg["data"]["shots"])
+    if shots is not None:
+        cfg["data"]["shots"] = shots
+    shots = int(cfg["data"]["shots"])
+    bind_job(ctx, cfg, "split", {"dataset": dataset, "seed": seed})
     few = splits.make_fewshot(splits.load_split(_root(cfg), dataset), shots, seed)
-    out = splits.fewshot_path(_root(cfg), dataset, shots, seed)
+    out = paths.split_json(_root(cfg), dataset, shots, seed)
     write_json(out, few)
     click.echo(f"ok: {out} ({len(few['train'])} train, {len(few['val'])} val)", err=True)
 
@@ -87,9 +97,11 @@ def model_image_size(cfg: dict[str, Any]) -> int:
 def cache(ctx: RunContext, dataset: str, image_size: int | None, skip_bad: bool) -> None:
     """Decode + test-transform the test and val images of DATASET once into data/cache/<ds>/."""
     from promptbias.data import images, registry, splits
+    from promptbias.pipeline.bind import bind_job
 
     cfg = ctx.config
     registry.get(dataset)
+    bind_job(ctx, cfg, "cache", {"dataset": dataset})
     size = image_size or model_image_size(cfg)
     split_ = splits.load_split(_root(cfg), dataset)
     npy = images.build_cache(
@@ -97,7 +109,7 @@ def cache(ctx: RunContext, dataset: str, image_size: int | None, skip_bad: bool)
         dataset,
         split_["test"] + split_["val"],
         size,
-        num_workers=cfg["data"].get("num_workers"),
+        num_workers=cfg["data"]["num_workers"],
         skip_bad=skip_bad,
     )
     click.echo(f"ok: {npy}", err=True)

@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+from promptbias import paths
 from promptbias.data.archive import DEFAULT_MAX_BYTES, extract_nested, safe_extract
 from promptbias.data.download import ChecksumLock, DownloadFailed, download_file, hash_matches
 from promptbias.data.layouts import load_layout, missing_images
@@ -41,8 +42,8 @@ def fetch_dataset(
 ) -> Path:
     """Fetch ``spec`` under ``root``; return the path of the normalised split json."""
     root = Path(root)
-    target = root / "raw" / spec.name
-    done = root / "raw" / f"{spec.name}.json"
+    target = paths.raw_dir(root, spec.name)
+    done = paths.raw_json(root, spec.name)
     lock = ChecksumLock(root / LOCK_FILE)
     downloads = root / "downloads" / spec.name
     new_dirs = [d for d in (root, root / "raw", target, root / "downloads", downloads) if not d.exists()]

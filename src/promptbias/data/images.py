@@ -9,8 +9,9 @@
 Test transform (Dassl/CLIP): decode with PIL ``.convert("RGB")``, resize the short side to S (bicubic),
 center-crop S×S — all in PIL, so cached and uncached tensors are bit-identical. ``build_cache`` stores the
 transformed test+val images of a dataset once as ``data/cache/<ds>/images_<S>.npy`` (uint8 N×3×S×S,
-memory-mapped on read) plus ``images_<S>.json`` (the paths, written last: a cache without it does not
-exist). Train augmentation = RandomResizedCrop(S, scale 0.08–1, ratio 3/4–4/3, bicubic, antialias) +
+memory-mapped on read) plus ``images_<S>.json`` (the paths and the sha256 of each source file, written
+last: a cache without it does not exist). A read from the cache checks the requested images' bytes
+against those digests: an image replaced since the cache was built is a stale cache, refused in one line. Train augmentation = RandomResizedCrop(S, scale 0.08–1, ratio 3/4–4/3, bicubic, antialias) +
 horizontal flip, drawn from a ``torch.Generator`` and run per batch on the device.
 
 A missing or corrupt image raises UserError naming the file; with ``skip_bad=True`` it is skipped and
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from promptbias import identity, paths
 from promptbias.errors import UserError
 from promptbias.io import atomic_path, read_json, write_json
 
@@ -108,11 +110,6 @@ def decode_eval(
 # ----------------------------------------------------------------------------------------- the cache
 
 
-def cache_files(root: Path | str, dataset: str, size: int) -> tuple[Path, Path]:
-    folder = Path(root) / "cache" / dataset
-    return folder / f"images_{size}.npy", folder / f"images_{size}.json"
-
-
 def build_cache(
     root: Path | str,
     dataset: str,
@@ -122,20 +119,29 @@ def build_cache(
     skip_bad: bool = False,
 ) -> Path:
     """Decode + test-transform ``items`` once into the cache (atomic: the index is written last)."""
-    folder = Path(root) / "raw" / dataset
-    paths = list(dict.fromkeys(str(it[0]) for it in items))  # unique, in order
-    npy, index = cache_files(root, dataset, size)
+    folder = paths.raw_dir(root, dataset)
+    rel_paths = list(dict.fromkeys(str(it[0]) for it in items))  # unique, in order
+    npy, index = paths.cache_files(root, dataset, size)
     index.unlink(missing_ok=True)
-    arr, bad = decode_eval(folder, paths, size, num_workers, skip_bad)
+    arr, bad = decode_eval(folder, rel_paths, size, num_workers, skip_bad)
     bad_set = set(bad)
-    skipped = [paths[i] for i in bad]
-    kept = [p for i, p in enumerate(paths) if i not in bad_set]
+    skipped = [rel_paths[i] for i in bad]
+    kept = [p for i, p in enumerate(rel_paths) if i not in bad_set]
     with atomic_path(npy, suffix=".npy") as tmp, open(tmp, "wb") as fh:
         # streamed in chunks through fh.write (not a memmap, not ndarray.tofile): a full disk is then an
         # OSError(ENOSPC) → one-line error, instead of a SIGBUS crash or an OSError without errno
         np.lib.format.write_array(_ChunkWriter(fh), np.ascontiguousarray(arr), allow_pickle=False)
+    sha256 = identity.sha256_files(folder, kept, _workers(num_workers))  # what each row was made from
     write_json(
-        index, {"dataset": dataset, "size": size, "count": len(kept), "paths": kept, "skipped": skipped}
+        index,
+        {
+            "dataset": dataset,
+            "size": size,
+            "count": len(kept),
+            "paths": kept,
+            "sha256": sha256,
+            "skipped": skipped,
+        },
     )
     return npy
 
@@ -149,15 +155,41 @@ class _ChunkWriter:
 
 def _cache_lookup(
     root: Path | str, dataset: str, size: int
-) -> tuple[np.ndarray, dict[str, int], set[str]] | None:
-    npy, index = cache_files(root, dataset, size)
+) -> tuple[np.ndarray, dict[str, int], set[str], list[str]] | None:
+    npy, index = paths.cache_files(root, dataset, size)
     if not (index.is_file() and npy.is_file()):
         return None
     meta = read_json(index)
     arr = np.load(npy, mmap_mode="r")
     if meta.get("size") != size or arr.shape[0] != len(meta["paths"]) or arr.shape[1:] != (3, size, size):
         return None
-    return arr, {p: i for i, p in enumerate(meta["paths"])}, set(meta.get("skipped", []))
+    if len(meta.get("sha256") or []) != len(meta["paths"]):
+        raise UserError(
+            f"{index}: the image cache records no content digests (an older promptbias) — rebuild it: "
+            f"`promptbias cache {dataset}`"
+        )
+    return arr, {p: i for i, p in enumerate(meta["paths"])}, set(meta.get("skipped", [])), meta["sha256"]
+
+
+def _check_cached_rows(
+    root: Path | str, dataset: str, rel: list[str], rows: list[int], recorded: list[str], workers: int | None
+) -> None:
+    """UserError unless every cached row still matches its image file's bytes (a replaced image is new)."""
+    current = identity.sha256_files(paths.raw_dir(root, dataset), rel, _workers(workers))
+    changed = [p for p, row, d in zip(rel, rows, current, strict=True) if recorded[row] != d]
+    if changed:
+        raise UserError(
+            f"{paths.cache_dir(root, dataset)}: {len(changed)} image(s) changed since the cache was built "
+            f"(e.g. {changed[0]}) — rebuild it: `promptbias cache {dataset}`"
+        )
+
+
+def content_digest(
+    root: Path | str, dataset: str, rel_paths: Sequence[str], num_workers: int | None = None
+) -> str:
+    """One digest of the ordered image files' bytes (what memoised features of them are keyed on)."""
+    digests = identity.sha256_files(paths.raw_dir(root, dataset), list(rel_paths), _workers(num_workers))
+    return identity.listing_digest(list(rel_paths), digests)
 
 
 def load_eval_images(
@@ -182,10 +214,11 @@ def load_eval_images(
     bad: list[int] = []
     hit = _cache_lookup(root, dataset, image_size) if cache else None
     if hit is not None:
-        arr, row_of, cached_bad = hit
+        arr, row_of, cached_bad, recorded = hit
         rows = [(i, row_of[p]) for i, p in enumerate(rel) if p in row_of]
         if rows:
             dst, src = zip(*rows, strict=True)
+            _check_cached_rows(root, dataset, [rel[i] for i in dst], list(src), recorded, num_workers)
             out[list(dst)] = arr[np.asarray(src)]
         for i in (i for i, p in enumerate(rel) if p in cached_bad):
             if not skip_bad:
@@ -197,7 +230,7 @@ def load_eval_images(
         todo = [i for i, p in enumerate(rel) if p not in row_of and p not in cached_bad]
     if todo:
         arr, failed = decode_eval(
-            Path(root) / "raw" / dataset, [rel[i] for i in todo], image_size, num_workers, skip_bad
+            paths.raw_dir(root, dataset), [rel[i] for i in todo], image_size, num_workers, skip_bad
         )
         failed_set = set(failed)
         ok = [i for k, i in enumerate(todo) if k not in failed_set]
@@ -239,7 +272,7 @@ def load_train_images(
     skipped: list[str] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Decoded train images (uint8 3×H×W each, longer side capped at ``max_side``) and labels."""
-    folder = Path(root) / "raw" / dataset
+    folder = paths.raw_dir(root, dataset)
     images: list[torch.Tensor] = []
     labels: list[int] = []
     with ThreadPoolExecutor(_workers(num_workers)) as pool:

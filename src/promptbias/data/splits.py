@@ -2,7 +2,7 @@
 
     split = load_split(root, "dtd")                      # data/raw/dtd.json (the normalised split)
     few = make_fewshot(split, shots=16, seed=1)          # {"dataset", "shots", "seed", "train", "val"}
-    few = load_fewshot(root, "dtd", 16, 1)               # data/splits/dtd/shot16_seed1.json
+    few = load_fewshot(root, "dtd", 16, 1)               # data/splits/dtd/shot16_seed1.json, verified
 
 Sampling reproduces Dassl's ``generate_fewshot_dataset`` as CoOp calls it: Python's Mersenne Twister
 seeded with S; items grouped by label in order of first appearance; per class
@@ -18,18 +18,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from promptbias import paths
 from promptbias.errors import UserError
 from promptbias.io import read_json
 
 VAL_SHOTS_CAP = 4
-
-
-def raw_split_path(root: Path | str, dataset: str) -> Path:
-    return Path(root) / "raw" / f"{dataset}.json"
-
-
-def fewshot_path(root: Path | str, dataset: str, shots: int, seed: int) -> Path:
-    return Path(root) / "splits" / dataset / f"shot{shots}_seed{seed}.json"
 
 
 def sample_per_class(items: list[Any], shots: int, rng: random.Random) -> list[Any]:
@@ -55,7 +48,7 @@ def make_fewshot(split: dict[str, Any], shots: int, seed: int) -> dict[str, Any]
 
 def load_split(root: Path | str, dataset: str) -> dict[str, Any]:
     """The normalised split written by ``promptbias fetch``."""
-    path = raw_split_path(root, dataset)
+    path = paths.raw_json(root, dataset)
     if not path.is_file():
         raise UserError(
             f"{path}: dataset {dataset!r} is not fetched — run `promptbias fetch {dataset}` first"
@@ -74,11 +67,21 @@ def _read(path: Path, remake: str) -> dict[str, Any]:
     return data
 
 
-def load_fewshot(root: Path | str, dataset: str, shots: int, seed: int) -> dict[str, Any]:
-    """The few-shot subset written by ``promptbias split``."""
-    path = fewshot_path(root, dataset, shots, seed)
+def load_fewshot(
+    root: Path | str, dataset: str, shots: int, seed: int, split: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The few-shot subset written by ``promptbias split`` — refused unless it is exactly the subset
+    that the normalised split gives for (shots, seed): a hand-edited or stale file never trains."""
+    path = paths.split_json(root, dataset, shots, seed)
+    remake = f"promptbias split {dataset} --shots {shots} --seed {seed}"
     if not path.is_file():
+        raise UserError(f"{path}: few-shot split missing — run `{remake}` first")
+    few = _read(path, remake)
+    if few != make_fewshot(split if split is not None else load_split(root, dataset), shots, seed):
+        if not few["train"]:
+            raise UserError(f"{path}: the train split is empty (edited?) — run `{remake}` again")
         raise UserError(
-            f"{path}: few-shot split missing — run `promptbias split {dataset} --shots {shots} --seed {seed}` first"
+            f"{path}: not the {shots}-shot subset of seed {seed} of {paths.raw_json(root, dataset)} (edited, or made "
+            f"from another version of it) — run `{remake}` again"
         )
-    return _read(path, f"promptbias split {dataset} --shots {shots} --seed {seed}")
+    return few

@@ -150,13 +150,15 @@ class Method(nn.Module):
             "shapes": {k: list(v.shape) for k, v in self.state_dict().items()},
         }
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, **record: Any) -> None:
+        """Write the learned tensors; ``record`` (train.py: the job's identity and status) joins the header."""
         from safetensors.torch import save
 
         from promptbias.io import atomic_path
 
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        data = save(tensors, metadata={"promptbias": json.dumps(self.header())})
+        header = self.header() | record
+        data = save(tensors, metadata={"promptbias": json.dumps(header)})
         with atomic_path(path, suffix=".safetensors") as tmp:
             tmp.write_bytes(data)  # a full disk is an OSError here (→ one-line error in atomic_path)
 
@@ -201,6 +203,12 @@ class Method(nn.Module):
             raise UserError(
                 f"{path}: tensors {got} do not match {kind} on {clip.name} {expected} — "
                 "the file was trained for another backbone or configuration"
+            )
+        bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise UserError(
+                f"{path}: tensor {bad[0]} holds NaN or infinite values — the file is damaged or came from a "
+                "diverged run that promptbias did not write; retrain"
             )
         method.load_state_dict(state)
         return method.to(clip.device)

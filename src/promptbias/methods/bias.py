@@ -27,7 +27,6 @@ class BiasTuning(Method):
         template: str,
         depth_text: int = 12,
         depth_vision: int = 12,
-        lr: float | None = None,  # accepted so params sections can be passed whole; used by the trainer
     ) -> None:
         super().__init__(clip, classnames, template, depth_text=depth_text, depth_vision=depth_vision)
         check_depth(depth_text, self.text_layers, "methods.bias.depth_text", clip.name)

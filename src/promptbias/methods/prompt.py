@@ -44,7 +44,6 @@ class DeepPrompts(Method):
         depth_vision: int = 12,
         ctx_init: str | None = "a photo of a",
         init_seed: int = 0,
-        lr: float | None = None,  # accepted so params sections can be passed whole; used by the trainer
     ) -> None:
         super().__init__(
             clip,

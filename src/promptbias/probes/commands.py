@@ -44,23 +44,29 @@ def probe(ctx: Any, kinds: tuple[str, ...], dataset: str, method_id: str, seed: 
 
     Several KINDS may be given: they run one after the other in this process (one start-up for all).
     """
+    from promptbias.pipeline.bind import bind_job
     from promptbias.probes import PROBES
 
     for kind in kinds:  # check them all before running any
         if kind not in PROBES:
             raise UserError(f"probe {kind!r}: unknown — choose one of {', '.join(sorted(PROBES))}")
+    cfg = ctx.config
+    if list(kinds) != list(cfg["probes"]["kinds"]):  # the job's params are those of probes.kinds
+        cfg = {**cfg, "probes": {**cfg["probes"], "kinds": list(kinds)}}
+    job = bind_job(ctx, cfg, "probe", {"dataset": dataset, "method": method_id, "seed": seed})
     for kind in kinds:
-        write_probe(ctx.config, kind, dataset, method_id, seed)
+        write_probe(cfg, job, kind, dataset, method_id, seed)
 
 
-def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, seed: int) -> None:
+def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_id: str, seed: int) -> None:
     import numpy as np
     import torch
 
+    from promptbias import paths
     from promptbias.data import images as data_images
     from promptbias.io import atomic_path, provenance, write_json
     from promptbias.probes import PROBES, ProbeContext, ProbeSettings
-    from promptbias.runs import dataset_info, load_backbone, load_method, probe_dir
+    from promptbias.runs import dataset_info, load_backbone, load_method
 
     pcfg = cfg["probes"]
     settings = ProbeSettings.from_config(pcfg)
@@ -73,7 +79,7 @@ def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, se
     test = ds.split.get("test") or []
     if not test:
         raise UserError(f"data/raw/{dataset}.json: the test split is empty — re-fetch the dataset")
-    idx = sample_indices(len(test), int(pcfg["max_images"]), int(pcfg.get("sample_seed", 0)))
+    idx = sample_indices(len(test), int(pcfg["max_images"]), int(pcfg["sample_seed"]))
     if kind == "maps":  # only the first map_images images are used
         idx = idx[: settings.map_images]
     items = [test[i] for i in idx]
@@ -82,7 +88,7 @@ def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, se
         dataset,
         items,
         clip.image_size,
-        cache=bool(cfg["data"].get("cache_images", True)),
+        cache=bool(cfg["data"]["cache_images"]),
     )
     ids = [str(it[0]) for it in items]
     pctx = ProbeContext(
@@ -98,7 +104,7 @@ def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, se
     result = PROBES[kind].run(pctx)
     seconds = time.perf_counter() - t0
 
-    out = probe_dir(dataset, method_id, seed)
+    out = paths.probe_dir(dataset, method_id, seed)
     frame = result.table.frame(dataset, method_id, seed, kind)
     with atomic_path(out / f"{kind}.parquet", suffix=".parquet") as tmp:
         frame.to_parquet(tmp, index=False)
@@ -117,7 +123,7 @@ def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, se
         "precision": "fp32, explicit attention (softmax in float32)",
         "settings": {
             "max_images": int(pcfg["max_images"]),
-            "sample_seed": int(pcfg.get("sample_seed", 0)),
+            "sample_seed": int(pcfg["sample_seed"]),
             "batch_size": settings.batch_size,
             "start_layer": settings.start_layer,
             "map_images": settings.map_images,
@@ -133,6 +139,7 @@ def write_probe(cfg: dict[str, Any], kind: str, dataset: str, method_id: str, se
         "conventions": result.conventions,
         "table": {"rows": len(frame), "summary_of_arrays": result.summary_only},
         "timing": {"seconds": round(seconds, 3), "ms_per_image": round(1000 * seconds / max(len(ids), 1), 2)},
+        **job.record(),
         "provenance": provenance(),
     }
     write_json(out / f"{kind}.json", sidecar)

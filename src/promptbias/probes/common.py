@@ -43,10 +43,10 @@ class ProbeSettings:
     @classmethod
     def from_config(cls, pcfg: dict[str, Any]) -> ProbeSettings:
         return cls(
-            batch_size=int(pcfg.get("batch_size", 16)),
-            start_layer=int(pcfg.get("start_layer", 0)),
-            map_images=int(pcfg.get("map_images", 4)),
-            rotations=tuple(int(r) for r in pcfg.get("rotations", (0, 90, 180, 270))),
+            batch_size=int(pcfg["batch_size"]),
+            start_layer=int(pcfg["start_layer"]),
+            map_images=int(pcfg["map_images"]),
+            rotations=tuple(int(r) for r in pcfg["rotations"]),
         )
 
 

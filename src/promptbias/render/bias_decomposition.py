@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from promptbias import paths
 from promptbias.io import atomic_path, write_text
 from promptbias.render.inputs import Inputs
-from promptbias.render.registry import TABLES, Gap, Item, figure_paths, register
+from promptbias.render.registry import Gap, Item, figure_paths, register
 from promptbias.render.style import (
     COLORS,
     dataset_label,
@@ -182,14 +183,14 @@ def _items(cfg: dict[str, Any]) -> list[Item]:
 
 
 def _outputs(cfg: dict[str, Any]):
-    return [*figure_paths(cfg, STEM), TABLES / f"{STEM}.csv", TABLES / f"{STEM}.md"]
+    return [*figure_paths(cfg, STEM), paths.table_file(f"{STEM}.csv"), paths.table_file(f"{STEM}.md")]
 
 
 @register("bias_decomposition", "Bias decomposition", _items, _outputs, order=70)
 def render_bias_decomposition(inputs: Inputs) -> list[Gap]:
     df = tidy(inputs)
     gaps = _draw(inputs, df)
-    with atomic_path(TABLES / f"{STEM}.csv", suffix=".csv") as tmp:
+    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
-    write_text(TABLES / f"{STEM}.md", markdown(df, gaps))
+    write_text(paths.table_file(f"{STEM}.md"), markdown(df, gaps))
     return gaps

@@ -31,9 +31,11 @@ from promptbias.errors import UserError
 @click.pass_obj
 def render(ctx: Any, only: tuple[str, ...], skip: tuple[str, ...], no_report: bool, list_only: bool) -> None:
     """Draw Table 1, Figs. 2–6, the sensitivity and bias-decomposition plots and the HTML report."""
+    from promptbias.pipeline.bind import bind_job
     from promptbias.render.catalog import ordered
 
     cfg = ctx.config
+    bind_job(ctx, cfg, "render")
     names = [r.name for r in ordered()]
     unknown = sorted((set(only) | set(skip)) - set(names))
     if unknown:

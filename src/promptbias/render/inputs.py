@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from promptbias.runs import METRICS, PROBES
+from promptbias import paths
 from promptbias.tables import PROBE_COLUMNS
 
 _GROUP = ["branch", "layer", "head", "variant", "key"]
@@ -54,7 +54,7 @@ class Inputs:
     def summary(self) -> dict[str, Any] | None:
         """metrics/summary.json as written by ``promptbias aggregate`` (None when absent/unreadable)."""
         try:
-            data = json.loads((METRICS / "summary.json").read_text())
+            data = json.loads(paths.SUMMARY_JSON.read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -75,7 +75,7 @@ class Inputs:
     def seed_accuracy(self, dataset: str, method: str, seed: int) -> float | None:
         """Test accuracy of one seed from metrics/<ds>/<method>/seed<S>.json (None when absent)."""
         try:
-            value = json.loads((METRICS / dataset / method / f"seed{seed}.json").read_text()).get("accuracy")
+            value = json.loads(paths.metrics_json(dataset, method, seed).read_text()).get("accuracy")
         except (OSError, ValueError, AttributeError):
             return None
         return float(value) if _finite(value) else None
@@ -93,7 +93,7 @@ class Inputs:
 
         frames, problems = [], []
         for seed in self.probe_seeds or [1]:
-            path = PROBES / dataset / method / f"seed{seed}" / f"{kind}.parquet"
+            path = paths.probe_file(dataset, method, seed, kind, "parquet")
             if not path.is_file():
                 problems.append((seed, "not run"))
                 continue
@@ -124,7 +124,7 @@ class Inputs:
 
         problems = []
         for seed in self.probe_seeds or [1]:
-            path = PROBES / dataset / method / f"seed{seed}" / f"{kind}.npz"
+            path = paths.probe_file(dataset, method, seed, kind, "npz")
             if not path.is_file():
                 problems.append((seed, "not run"))
                 continue
@@ -147,7 +147,7 @@ class Inputs:
     def split(self, dataset: str) -> dict[str, Any] | None:
         """data/raw/<ds>.json (to find the images of the maps), or None."""
         try:
-            return json.loads((self.data_root / "raw" / f"{dataset}.json").read_text())
+            return json.loads(paths.raw_json(self.data_root, dataset).read_text())
         except (OSError, ValueError):
             return None
 

@@ -18,6 +18,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from promptbias import paths
 from promptbias.render.inputs import Inputs
 from promptbias.render.registry import Gap, Item, per_dataset_figure_paths, register
 from promptbias.render.style import dataset_label, gap_figure, save_figure, subplots
@@ -32,7 +33,7 @@ def load_image(inputs: Inputs, dataset: str, image_id: str) -> np.ndarray | None
     """H×W×3 uint8: resize short side to DISPLAY (bicubic) + centre crop; None when the file is missing."""
     from PIL import Image
 
-    path = inputs.data_root / "raw" / dataset / image_id
+    path = paths.raw_dir(inputs.data_root, dataset) / image_id
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")

@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptbias.runs import RESULTS
-
-FIGURES = RESULTS / "figures"
-TABLES = RESULTS / "tables"
-REPORT = RESULTS / "report.html"
+from promptbias import paths
 
 
 @dataclass(frozen=True)
@@ -79,7 +75,7 @@ def figure_formats(cfg: dict[str, Any]) -> list[str]:
 
 
 def figure_paths(cfg: dict[str, Any], stem: str) -> list[Path]:
-    return [FIGURES / f"{stem}.{fmt}" for fmt in figure_formats(cfg)]
+    return [paths.figure_file(stem, fmt) for fmt in figure_formats(cfg)]
 
 
 def per_dataset_figure_paths(stem: str) -> Callable[[dict[str, Any]], list[Path]]:

@@ -13,8 +13,9 @@ import html
 import re
 from typing import Any
 
+from promptbias import paths
 from promptbias.io import provenance, write_text
-from promptbias.render.registry import FIGURES, REPORT, TABLES, Gap, Item, ordered, register
+from promptbias.render.registry import Gap, Item, ordered, register
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
@@ -75,14 +76,14 @@ def _table(block: list[str]) -> str:
 
 
 def _figure(item: Item, cfg: dict[str, Any]) -> str:
-    png = FIGURES / f"{item.stem}.png"
+    png = paths.figure_file(item.stem, "png")
     if not png.is_file():
         return f'<p class="gap">{html.escape(item.title)}: not rendered ({png} missing)</p>'
     data = base64.b64encode(png.read_bytes()).decode("ascii")
     links = " · ".join(
         f'<a href="figures/{item.stem}.{fmt}">{fmt.upper()}</a>'
         for fmt in cfg.get("render", {}).get("formats", ["png", "pdf"])
-        if (FIGURES / f"{item.stem}.{fmt}").is_file()
+        if paths.figure_file(item.stem, fmt).is_file()
     )
     return (
         f'<figure id="{item.stem}"><img alt="{html.escape(item.title)}" src="data:image/png;base64,{data}">'
@@ -92,13 +93,13 @@ def _figure(item: Item, cfg: dict[str, Any]) -> str:
 
 
 def _table_item(item: Item) -> str:
-    md = TABLES / f"{item.stem}.md"
+    md = paths.table_file(f"{item.stem}.md")
     if not md.is_file():
         return f'<p class="gap">{html.escape(item.title)}: not rendered ({md} missing)</p>'
     links = " · ".join(
         f'<a href="tables/{item.stem}.{ext}">{ext.upper()}</a>'
         for ext in ("md", "csv", "tex")
-        if (TABLES / f"{item.stem}.{ext}").is_file()
+        if paths.table_file(f"{item.stem}.{ext}").is_file()
     )
     return (
         f'<div id="{item.stem}-table"><p><strong>{html.escape(item.title)}.</strong> {html.escape(item.caption)} '
@@ -142,7 +143,7 @@ def build(cfg: dict[str, Any], gaps: dict[str, list[Gap]]) -> str:
     )
 
 
-@register("report", "HTML report", lambda cfg: [], lambda cfg: [REPORT], order=1000)
+@register("report", "HTML report", lambda cfg: [], lambda cfg: [paths.REPORT], order=1000)
 def render_report(inputs: Any) -> list[Gap]:
-    write_text(REPORT, build(inputs.cfg, getattr(inputs, "gaps", {})))
+    write_text(paths.REPORT, build(inputs.cfg, getattr(inputs, "gaps", {})))
     return []

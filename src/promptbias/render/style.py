@@ -12,9 +12,10 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from promptbias import paths
 from promptbias.io import atomic_path
 from promptbias.render.paper import display_name
-from promptbias.render.registry import FIGURES, figure_formats
+from promptbias.render.registry import figure_formats
 
 # Zero-shot blue and prompt red, as in the paper's Figs. 2–3; bias tuning green.
 COLORS = {"zeroshot": "#1f77b4", "clip": "#1f77b4", "prompt": "#d62728", "bias": "#2ca02c", "grid": "#7f7f7f"}
@@ -103,16 +104,16 @@ def _wrap(text: str, width: int) -> str:
 
 def save_figure(fig: Any, cfg: dict[str, Any], stem: str) -> list[Path]:
     """Write results/figures/<stem>.<fmt> for every configured format, each atomically; close the figure."""
-    paths = []
+    written = []
     try:
         for fmt in figure_formats(cfg):
-            path = FIGURES / f"{stem}.{fmt}"
+            path = paths.figure_file(stem, fmt)
             with atomic_path(path, suffix=f".{fmt}") as tmp:
                 fig.savefig(tmp, format=fmt, metadata=_metadata(fmt))
-            paths.append(path)
+            written.append(path)
     finally:
         plt.close(fig)
-    return paths
+    return written
 
 
 def _metadata(fmt: str) -> dict[str, Any] | None:

@@ -16,10 +16,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptbias import paths
 from promptbias.io import atomic_path, write_text
 from promptbias.render.inputs import Inputs
 from promptbias.render.paper import PAPER_AVERAGE, PAPER_TABLE1, display_name
-from promptbias.render.registry import TABLES, Gap, Item, register
+from promptbias.render.registry import Gap, Item, register
 
 STEM = "table1"
 # (csv prefix, header, paper column, fixed method id or None for the OPTIMAL selections)
@@ -266,17 +267,17 @@ def _items(cfg: dict[str, Any]) -> list[Item]:
 
 
 def _outputs(cfg: dict[str, Any]):
-    return [TABLES / f"{STEM}.{ext}" for ext in ("md", "csv", "tex")]
+    return [paths.table_file(f"{STEM}.{ext}") for ext in ("md", "csv", "tex")]
 
 
 @register("table1", "Table 1", _items, _outputs, order=10)
 def render_table1(inputs: Inputs) -> list[Gap]:
     rows = build_rows(inputs)
     df = frame(rows)
-    with atomic_path(TABLES / f"{STEM}.csv", suffix=".csv") as tmp:
+    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
-    write_text(TABLES / f"{STEM}.md", markdown(rows))
-    write_text(TABLES / f"{STEM}.tex", latex(rows))
+    write_text(paths.table_file(f"{STEM}.md"), markdown(rows))
+    write_text(paths.table_file(f"{STEM}.tex"), latex(rows))
     gaps = []
     if inputs.summary is None:
         gaps.append(Gap("Table 1", "metrics/summary.json missing — run `promptbias aggregate`"))

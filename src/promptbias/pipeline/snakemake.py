@@ -1,0 +1,87 @@
+"""Snakemake glue: the Pipeline of a Snakefile's config, wildcard regexes and per-rule threads.
+
+    PIPE = pipeline_from_snakemake(workflow, config)     # in the Snakefile
+    wildcard_constraints(PIPE)                          # {"dataset": "dtd|eurosat", "method": …, "seed": r"\\d+"}
+    rule_threads(PIPE, stage)                           # what Snakemake reserves for one job of the stage
+
+Snakemake layers ``configfile: params.yaml``, then ``--configfile`` files, then ``--config`` values;
+every job runs ``promptbias --params params.yaml [--params <configfile> …] [--set <--config value> …]``,
+so a command sees exactly the config Snakemake planned with. The command line is not a Snakemake
+param (``workflow/rules/stages.smk`` runs it from a ``run:`` block): its params trigger sees the
+resolved values of the keys the command reads, so adding a layer file reruns only the jobs whose
+values change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from promptbias.config import deep_merge, read_yaml, validate_params
+from promptbias.pipeline.plan import DEFAULT_PARAMS, Pipeline
+from promptbias.pipeline.spec import Config, Stage, all_datasets, methods_for
+
+
+def pipeline_from_snakemake(workflow: Any, config: Config) -> Pipeline:
+    """From a Snakefile: ``configfile:`` + ``--configfile`` files; ``--config`` values become ``--set``."""
+    cwd = Path.cwd()
+    files = [DEFAULT_PARAMS]
+    for f in workflow.overwrite_configfiles:  # --configfile, absolute; params.yaml is the configfile:
+        path = Path(f)
+        rel = path.relative_to(cwd) if path.is_absolute() and path.is_relative_to(cwd) else path
+        files.append(rel.as_posix())
+    files = _dedupe_keep_last(files)
+    file_data = [read_yaml(f) for f in files]
+    merged: Config = {}
+    for data in file_data:
+        merged = deep_merge(merged, data)
+    overrides = tuple(f"{key}={json.dumps(value)}" for key, value in _leaf_diff(merged, config))
+    source = " + ".join(files) + (" + --config" if overrides else "")
+    validate_params(config, source=source)
+    return Pipeline(json.loads(json.dumps(config)), tuple(files), overrides, file_data)
+
+
+def wildcard_constraints(pipe: Pipeline) -> dict[str, str]:
+    """Regexes for the wildcards (so e.g. ``seed1.per_class.json`` never matches ``seed{seed}.json``)."""
+    methods = {m for d in all_datasets(pipe.cfg) for m in methods_for(pipe.cfg, d)}
+    return {
+        "dataset": "|".join(re.escape(d) for d in all_datasets(pipe.cfg)),
+        "method": "|".join(re.escape(m) for m in sorted(methods)) or "zeroshot",
+        "seed": r"\d+",
+    }
+
+
+def rule_threads(pipe: Pipeline, stage: Stage) -> int:
+    """CPU threads a job of ``stage`` uses: decoding workers on a GPU, the fixed torch threads on a CPU."""
+    cfg = pipe.cfg
+    if not stage.gpu:
+        return 1
+    if cfg["device"] != "cpu":
+        return max(1, int(cfg["data"]["num_workers"] or 1))
+    if stage.name == "pretrain-demo":
+        return int(cfg["demo"]["pretrain_threads"])
+    return int(cfg["cpu_threads"])
+
+
+def _leaf_diff(base: Config, new: Config, prefix: str = "") -> list[tuple[str, Any]]:
+    """(key path, value) for every leaf of ``new`` that ``base`` lacks or holds differently."""
+    out = []
+    for key, value in new.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and value:
+            out += _leaf_diff(base[key], value, f"{path}.")
+        elif key not in base or base[key] != value:
+            out.append((path, value))
+    return out
+
+
+def _dedupe_keep_last(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for item in reversed(items):
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out[::-1]

@@ -1,0 +1,399 @@
+"""The stage spec: every stage once — its command, outputs, matrix, dependencies and params keys.
+
+    STAGES                          # fetch, split, cache, pretrain-demo, train, evaluate, aggregate, probe, render
+    STAGE_BY_NAME["train"].outs(cfg)        # [Out("runs/{dataset}/{method}/seed{seed}/params.safetensors"), …]
+    STAGE_BY_NAME["train"].params(cfg, w)   # the params keys the command reads for wildcards ``w``
+
+A :class:`Stage` names its ``promptbias`` command (the arguments after the global options), its
+outputs (path templates over the matrix wildcards ``dataset``/``method``/``seed``, from
+:mod:`promptbias.paths`), the matrix taken from params lists, its dependencies, the params keys its
+command reads, and whether it needs a GPU. :mod:`promptbias.pipeline.plan` expands the spec into jobs.
+
+Params keys are exactly what the command reads (a test holds every command to them): editing any
+other key reruns nothing. Performance-only keys (``data.num_workers``) are not params of any stage.
+Code changes are not dependencies (force a stage: ``dvc repro -f -s <stage>`` /
+``snakemake --forcerun <rule>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from promptbias import paths
+from promptbias.config import grid_method_ids, method_kind
+from promptbias.errors import UserError
+
+Config = dict[str, Any]
+Wildcards = dict[str, str]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+# the train section keys that decide a training run (eval_batch_size is evaluate's)
+TRAIN_KEYS = tuple(
+    f"train.{k}"
+    for k in ("epochs", "batch_size", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "crop_scale")
+)
+# tables that `promptbias render` writes besides the figures (see promptbias.render.catalog)
+RENDERED_TABLES = ("table1.md", "table1.csv", "table1.tex", "bias_decomposition.csv", "bias_decomposition.md")
+
+
+@dataclass(frozen=True)
+class Out:
+    """One output path template. ``metric``: a DVC metric; ``cache``: stored in the DVC cache."""
+
+    path: str
+    metric: bool = False
+    cache: bool = True
+    directory: bool = False
+    report: str | None = None  # Snakemake report category (figures, report)
+    patterns: tuple[str, ...] = ()  # report(): file patterns inside a directory output
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: one ``promptbias`` command over a matrix of wildcard values."""
+
+    name: str
+    wildcards: tuple[str, ...]
+    command: Callable[[Config, Wildcards], str]  # the arguments after the global options
+    outs: Callable[[Config], list[Out]]  # templates over ``wildcards`` (config-dependent, not per job)
+    matrix: Callable[[Config], list[Wildcards]]
+    deps: Callable[[Config, Wildcards], list[str]]
+    params: Callable[[Config, Wildcards], list[str]]
+    gpu: bool = False
+    log: str = ""
+    records: Callable[[Config], list[str]] = lambda cfg: []  # outputs whose JSON states the job's "params"
+
+    @property
+    def rule_name(self) -> str:
+        return self.name.replace("-", "_")
+
+
+def _p(path: Path) -> str:
+    return path.as_posix()
+
+
+# --------------------------------------------------------------------------------------- inputs
+def data_root(cfg: Config) -> str:
+    return str(cfg["data"]["root"]).rstrip("/")
+
+
+def demo_clip_dir(cfg: Config) -> str:
+    return str(cfg["demo"]["clip_dir"]).rstrip("/")
+
+
+def weights_deps(cfg: Config) -> list[str]:
+    """The backbone weights file when it is a file (the pretrain-demo output or a local checkpoint)."""
+    pretrained = cfg["model"]["pretrained"]
+    if not pretrained:
+        return []
+    if pretrained.endswith(WEIGHT_SUFFIXES) or "/" in pretrained or Path(pretrained).is_file():
+        return [pretrained]
+    return []  # an open_clip tag such as "openai": downloaded, not tracked
+
+
+# ------------------------------------------------------------------------------------- the matrix
+def all_datasets(cfg: Config) -> list[str]:
+    """sweep.datasets, then any sensitivity dataset not in it (order kept, no repeats)."""
+    out = list(cfg["sweep"]["datasets"])
+    if cfg["sensitivity"]["enabled"]:
+        out += [d for d in cfg["sensitivity"]["datasets"] if d not in out]
+    return out
+
+
+def methods_for(cfg: Config, ds: str) -> list[str]:
+    """The method ids evaluated on ``ds``: sweep.methods, plus the grid on sensitivity datasets."""
+    out = list(cfg["sweep"]["methods"]) if ds in cfg["sweep"]["datasets"] else []
+    if ds in cfg["sensitivity"]["datasets"]:
+        out += [m for m in grid_method_ids(cfg) if m not in out]
+    return out
+
+
+def seeds(cfg: Config) -> list[str]:
+    return [str(s) for s in cfg["sweep"]["seeds"]]
+
+
+def evaluate_matrix(cfg: Config) -> list[Wildcards]:
+    return [
+        {"dataset": d, "method": m, "seed": s}
+        for d in all_datasets(cfg)
+        for m in methods_for(cfg, d)
+        for s in seeds(cfg)
+    ]
+
+
+def train_matrix(cfg: Config) -> list[Wildcards]:
+    return [w for w in evaluate_matrix(cfg) if method_kind(w["method"]) != "zeroshot"]
+
+
+def probe_matrix(cfg: Config) -> list[Wildcards]:
+    probes = cfg["probes"]
+    if not probes["kinds"]:
+        return []
+    known_seeds = seeds(cfg)
+    out = []
+    for ds in cfg["sweep"]["datasets"]:
+        known = methods_for(cfg, ds)
+        for m in probes["methods"]:
+            if m not in known:
+                raise UserError(
+                    f"probes.methods: {m!r} is not evaluated on {ds} — add it to sweep.methods "
+                    "(grid ids need sensitivity.enabled and the dataset in sensitivity.datasets)"
+                )
+            for s in probes["seeds"]:
+                if str(s) not in known_seeds:
+                    raise UserError(
+                        f"probes.seeds: seed {s} is not in sweep.seeds {known_seeds} — add it there or drop it"
+                    )
+                out.append({"dataset": ds, "method": m, "seed": str(s)})
+    return out
+
+
+# ------------------------------------------------------------------------------------ params keys
+def method_keys(method: str) -> list[str]:
+    return [f"methods.{method_kind(method)}"]
+
+
+def model_keys() -> list[str]:
+    """What decides a forward pass of the frozen CLIP on this machine (threads: float reduction order)."""
+    return ["model", "device", "cpu_threads"]
+
+
+def probe_kind_keys(cfg: Config) -> list[str]:
+    kinds = cfg["probes"]["kinds"]
+    keys = ["probes.max_images", "probes.sample_seed", "probes.batch_size"]
+    if "relevancy" in kinds:
+        keys.append("probes.start_layer")
+    if "maps" in kinds:
+        keys += ["probes.map_images", "probes.rotations"]
+    return keys
+
+
+def fetch_keys(dataset: str) -> list[str]:
+    keys = ["data.root", "data.source_root"]
+    return keys + (["demo.world_seed"] if dataset.startswith("demo_") else [])
+
+
+def pretrain_keys(cfg: Config) -> list[str]:
+    return [f"demo.{k}" for k in cfg["demo"] if k != "enabled"]
+
+
+def train_keys(method: str) -> list[str]:
+    return [*model_keys(), "data.root", "data.shots", *TRAIN_KEYS, *method_keys(method)]
+
+
+def evaluate_keys(method: str) -> list[str]:
+    return [
+        *model_keys(),
+        "data.root",
+        "data.shots",
+        "data.cache_images",
+        "train.eval_batch_size",
+        *method_keys(method),
+    ]
+
+
+def probe_keys(cfg: Config, method: str) -> list[str]:
+    return [*model_keys(), "data.root", "data.cache_images", *method_keys(method), *probe_kind_keys(cfg)]
+
+
+# ------------------------------------------------------------------------------------------- deps
+def _evaluate_deps(cfg: Config, w: Wildcards) -> list[str]:
+    root, ds, method, seed = data_root(cfg), w["dataset"], w["method"], w["seed"]
+    shots = cfg["data"]["shots"]
+    deps = [_p(paths.raw_json(root, ds)), _p(paths.split_json(root, ds, shots, seed))]  # val accuracy
+    if cfg["data"]["cache_images"]:
+        deps.append(_p(paths.cache_dir(root, ds)))
+    if method_kind(method) != "zeroshot":  # zero-shot depends on no train stage
+        deps.append(_p(paths.run_file(ds, method, seed, paths.PARAMS)))
+    return deps + weights_deps(cfg)
+
+
+def _probe_deps(cfg: Config, w: Wildcards) -> list[str]:
+    root, ds, method, seed = data_root(cfg), w["dataset"], w["method"], w["seed"]
+    deps = [_p(paths.raw_json(root, ds))]
+    if cfg["data"]["cache_images"]:
+        deps.append(_p(paths.cache_dir(root, ds)))
+    if method_kind(method) != "zeroshot":
+        deps.append(_p(paths.run_file(ds, method, seed, paths.PARAMS)))
+    return deps + weights_deps(cfg)
+
+
+def _probe_outs(cfg: Config) -> list[Out]:
+    outs = []
+    for kind in cfg["probes"]["kinds"]:
+        for suffix in ("parquet", "json"):
+            outs.append(Out(_p(paths.probe_file("{dataset}", "{method}", "{seed}", kind, suffix))))
+        if kind in ("maps", "bias_decomposition"):  # these probes also write arrays
+            outs.append(Out(_p(paths.probe_file("{dataset}", "{method}", "{seed}", kind, "npz"))))
+    return outs
+
+
+def probe_files(cfg: Config) -> list[str]:
+    templates = [o.path for o in _probe_outs(cfg)]
+    return [t.format(**w) for w in probe_matrix(cfg) for t in templates]
+
+
+def _render_deps(cfg: Config, w: Wildcards) -> list[str]:
+    return [
+        _p(paths.SUMMARY_JSON),
+        _p(paths.SUMMARY_CSV),
+        *(
+            _p(paths.metrics_json(v["dataset"], v["method"], v["seed"])) for v in evaluate_matrix(cfg)
+        ),  # AVERAGE std
+        *(
+            _p(paths.raw_json(data_root(cfg), d)) for d in cfg["sweep"]["datasets"]
+        ),  # Fig. 6 draws probed images
+        *probe_files(cfg),
+    ]
+
+
+_RUN = ("{dataset}", "{method}", "{seed}")
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="fetch",
+        wildcards=("dataset",),
+        command=lambda cfg, w: f"fetch {w['dataset']}",
+        outs=lambda cfg: [Out(_p(paths.raw_json(data_root(cfg), "{dataset}")), cache=False)],
+        matrix=lambda cfg: [{"dataset": d} for d in all_datasets(cfg)],
+        deps=lambda cfg, w: [],
+        params=lambda cfg, w: fetch_keys(w["dataset"]),
+        log=_p(paths.log_file("fetch", "{dataset}")),
+    ),
+    Stage(
+        name="split",
+        wildcards=("dataset", "seed"),
+        command=lambda cfg, w: f"split {w['dataset']} --shots {cfg['data']['shots']} --seed {w['seed']}",
+        outs=lambda cfg: [
+            Out(_p(paths.split_json(data_root(cfg), "{dataset}", cfg["data"]["shots"], "{seed}")))
+        ],
+        matrix=lambda cfg: [{"dataset": d, "seed": s} for d in all_datasets(cfg) for s in seeds(cfg)],
+        deps=lambda cfg, w: [_p(paths.raw_json(data_root(cfg), w["dataset"]))],
+        params=lambda cfg, w: ["data.root", "data.shots"],
+        log=_p(paths.log_file("split", "{dataset}_seed{seed}")),
+    ),
+    Stage(
+        name="cache",
+        wildcards=("dataset",),
+        command=lambda cfg, w: f"cache {w['dataset']}",
+        outs=lambda cfg: [Out(_p(paths.cache_dir(data_root(cfg), "{dataset}")), cache=False, directory=True)],
+        matrix=lambda cfg: [{"dataset": d} for d in all_datasets(cfg)] if cfg["data"]["cache_images"] else [],
+        deps=lambda cfg, w: [_p(paths.raw_json(data_root(cfg), w["dataset"]))],
+        params=lambda cfg, w: ["data.root", "model.name"],
+        log=_p(paths.log_file("cache", "{dataset}")),
+    ),
+    Stage(
+        name="pretrain-demo",
+        wildcards=(),
+        command=lambda cfg, w: "pretrain-demo",
+        outs=lambda cfg: [
+            Out(_p(paths.demo_weights(demo_clip_dir(cfg)))),
+            Out(_p(paths.demo_record(demo_clip_dir(cfg)))),
+        ],
+        matrix=lambda cfg: [{}] if cfg["demo"]["enabled"] else [],
+        deps=lambda cfg, w: [],
+        params=lambda cfg, w: ["device", *pretrain_keys(cfg)],
+        gpu=True,
+        log=_p(paths.log_file("pretrain_demo")),
+        records=lambda cfg: [_p(paths.demo_record(demo_clip_dir(cfg)))],
+    ),
+    Stage(
+        name="train",
+        wildcards=("dataset", "method", "seed"),
+        command=lambda cfg, w: f"train --dataset {w['dataset']} --method {w['method']} --seed {w['seed']}",
+        outs=lambda cfg: [
+            Out(_p(paths.run_file(*_RUN, paths.PARAMS))),
+            Out(_p(paths.run_file(*_RUN, paths.TRAIN_RECORD))),
+        ],
+        matrix=train_matrix,
+        deps=lambda cfg, w: [
+            _p(paths.raw_json(data_root(cfg), w["dataset"])),
+            _p(paths.split_json(data_root(cfg), w["dataset"], cfg["data"]["shots"], w["seed"])),
+            *weights_deps(cfg),
+        ],
+        params=lambda cfg, w: train_keys(w["method"]),
+        gpu=True,
+        log=_p(paths.log_file("train", "{dataset}", "{method}", "seed{seed}")),
+        records=lambda cfg: [_p(paths.run_file(*_RUN, paths.TRAIN_RECORD))],
+    ),
+    Stage(
+        name="evaluate",
+        wildcards=("dataset", "method", "seed"),
+        command=lambda cfg, w: f"evaluate --dataset {w['dataset']} --method {w['method']} --seed {w['seed']}",
+        outs=lambda cfg: [
+            Out(_p(paths.metrics_json(*_RUN)), metric=True, cache=False),
+            Out(_p(paths.per_class_json(*_RUN)), cache=False),
+        ],
+        matrix=evaluate_matrix,
+        deps=_evaluate_deps,
+        params=lambda cfg, w: evaluate_keys(w["method"]),
+        gpu=True,
+        log=_p(paths.log_file("evaluate", "{dataset}", "{method}", "seed{seed}")),
+        records=lambda cfg: [_p(paths.per_class_json(*_RUN))],
+    ),
+    Stage(
+        name="aggregate",
+        wildcards=(),
+        command=lambda cfg, w: "aggregate",
+        outs=lambda cfg: [Out(_p(paths.SUMMARY_JSON), metric=True, cache=False), Out(_p(paths.SUMMARY_CSV))],
+        matrix=lambda cfg: [{}],
+        deps=lambda cfg, w: [
+            _p(paths.metrics_json(v["dataset"], v["method"], v["seed"])) for v in evaluate_matrix(cfg)
+        ],
+        params=lambda cfg, w: ["sweep.datasets", "sweep.methods", "sweep.seeds", "sensitivity"],
+        log=_p(paths.log_file("aggregate")),
+    ),
+    Stage(
+        name="probe",
+        wildcards=("dataset", "method", "seed"),
+        command=lambda cfg, w: (  # all kinds in one process: one start-up per job
+            f"probe {' '.join(cfg['probes']['kinds'])} --dataset {w['dataset']} --method {w['method']} --seed {w['seed']}"
+        ),
+        outs=_probe_outs,
+        matrix=probe_matrix,
+        deps=_probe_deps,
+        params=lambda cfg, w: probe_keys(cfg, w["method"]),
+        gpu=True,
+        log=_p(paths.log_file("probe", "{dataset}", "{method}", "seed{seed}")),
+        records=lambda cfg: [_p(paths.probe_file(*_RUN, kind, "json")) for kind in cfg["probes"]["kinds"]],
+    ),
+    Stage(
+        name="render",
+        wildcards=(),
+        command=lambda cfg, w: "render",
+        outs=lambda cfg: [
+            Out(_p(paths.FIGURES), directory=True, report="Figures", patterns=("{name}.png",)),
+            *(Out(_p(paths.table_file(name))) for name in RENDERED_TABLES),
+            Out(_p(paths.REPORT), report="Report"),
+        ],
+        matrix=lambda cfg: [{}],
+        deps=_render_deps,
+        params=lambda cfg, w: [
+            "render",
+            "sweep.datasets",
+            "sweep.methods",
+            "probes.kinds",
+            "probes.methods",
+            "probes.seeds",
+            "sensitivity",
+        ],
+        log=_p(paths.log_file("render")),
+    ),
+)
+STAGE_BY_NAME = {s.name: s for s in STAGES}
+STAGE_BY_RULE = {s.rule_name: s for s in STAGES}
+
+
+def check_consistency(cfg: Config) -> None:
+    """Cross-key rules the schema cannot express (raised before any job is planned)."""
+    if cfg["demo"]["enabled"]:
+        weights = _p(paths.demo_weights(demo_clip_dir(cfg)))
+        if cfg["model"]["pretrained"] != weights:
+            raise UserError(
+                f"model.pretrained: {cfg['model']['pretrained']!r} is not the pretrain-demo output — "
+                f"set it to {weights!r} (demo.clip_dir + {paths.DEMO_WEIGHTS}) or set demo.enabled: false"
+            )
+    probe_matrix(cfg)  # probes.methods / probes.seeds must name evaluated runs
