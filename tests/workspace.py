@@ -76,7 +76,9 @@ class Workspace:
             )
         return result.output
 
-    def run(self, *args: str, env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, env_extra: dict[str, str] | None = None, **kwargs
+    ) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "promptbias.cli", "--params", str(self.params), *args]
         env = _env(**(env_extra or {}))
         return subprocess.run(cmd, cwd=self.path, capture_output=True, text=True, env=env, **kwargs)
@@ -103,4 +105,4 @@ def _dvc_init(path: Path) -> None:
 def _env(**extra: str) -> dict[str, str]:
     """Subprocess environment: one thread, so results are bit-identical across processes (the float
     reduction order depends on the thread count) and tiny models run fast on a shared machine."""
-    return dict(os.environ, OMP_NUM_THREADS="1", **extra)
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}

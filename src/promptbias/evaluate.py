@@ -113,6 +113,8 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
     torch.manual_seed(seed)
     clip = load_backbone(cfg)
     ds = dataset_info(cfg, dataset)
+    # the split first: a hand-edited one is named as the cause (the method would only say "another split")
+    fewshot = splits.load_fewshot(cfg["data"]["root"], dataset, cfg["data"]["shots"], seed, split=ds.split)
     method = load_method(cfg, clip, ds, method_id, seed, check_splits=True)
     precision = cfg["model"]["precision"]
     batch = cfg["train"]["eval_batch_size"]
@@ -141,7 +143,6 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
     seconds = time.perf_counter() - t0
     test = accuracy_report(test_pred, test_y, len(ds.classnames))
 
-    fewshot = splits.load_fewshot(root, dataset, cfg["data"]["shots"], seed, split=ds.split)
     val_x, val_y = images.load_eval_images(root, dataset, fewshot["val"], clip.image_size, cache=cache)
     val = accuracy_report(predict(method, clip, val_x, batch, precision), val_y, len(ds.classnames))
 
