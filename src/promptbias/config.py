@@ -32,8 +32,21 @@ _GRID_METHOD = re.compile(r"^prompt-d(?P<depth>\d+)-n(?P<n>\d+)$")
 
 @functools.cache
 def params_schema() -> dict[str, Any]:
-    text = resources.files("promptbias").joinpath(SCHEMA_RESOURCE).read_text()
-    return yaml.safe_load(text)
+    """The params schema with what the catalog registers: each method's section, method ids, probe kinds."""
+    from promptbias import catalog
+
+    schema = yaml.safe_load(resources.files("promptbias").joinpath(SCHEMA_RESOURCE).read_text())
+    methods, probes = catalog.methods(), catalog.probes()
+    section = schema["properties"]["methods"]
+    section.update(
+        additionalProperties=False,
+        required=sorted(methods),
+        properties={kind: info.schema for kind, info in methods.items()},
+    )
+    ids = [re.escape(kind) for kind in methods] + [i.id_pattern for i in methods.values() if i.id_pattern]
+    schema["$defs"]["method_name"]["pattern"] = f"^({'|'.join(ids)})$"
+    schema["properties"]["probes"]["properties"]["kinds"]["items"]["enum"] = sorted(probes)
+    return schema
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -140,17 +153,22 @@ def describe_schema_error(err: Any) -> str:
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
     for method in list(cfg["sweep"]["methods"]) + list(cfg["probes"]["methods"]):
         kind = method_kind(method)
-        if kind in ("prompt", "bias") and kind not in cfg["methods"]:
+        if kind not in cfg["methods"]:
             raise UserError(f"{source}: methods.{kind}: missing — add its hyper-parameters (see params.yaml)")
 
 
 def method_kind(method_id: str) -> str:
-    """'zeroshot' | 'prompt' | 'bias' for a method id (grid ids 'prompt-d<D>-n<N>' are prompts)."""
-    if method_id in ("zeroshot", "prompt", "bias"):
-        return method_id
-    if _GRID_METHOD.match(method_id):
-        return "prompt"
-    raise UserError(f"unknown method {method_id!r} — use zeroshot, prompt, bias or prompt-d<DEPTH>-n<NUMBER>")
+    """The kind of a method id: its catalog entry's (grid ids 'prompt-d<D>-n<N>' are prompts)."""
+    from promptbias.catalog import method_info
+
+    return method_info(method_id).kind
+
+
+def method_trains(method_id: str) -> bool:
+    """Whether the method has learnable tensors (a train stage); zero-shot has none."""
+    from promptbias.catalog import method_info
+
+    return method_info(method_id).trains
 
 
 def method_settings(cfg: dict[str, Any], method_id: str) -> tuple[str, dict[str, Any]]:

@@ -25,7 +25,8 @@ from typing import Any
 import click
 
 from promptbias import paths
-from promptbias.config import RunContext, method_kind
+from promptbias.config import RunContext, method_trains
+from promptbias.settings import Settings
 
 
 def accuracy_report(predictions: Any, labels: Any, n_classes: int) -> dict[str, Any]:
@@ -114,12 +115,15 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
     clip = load_backbone(cfg)
     ds = dataset_info(cfg, dataset)
     # the split first: a hand-edited one is named as the cause (the method would only say "another split")
-    fewshot = splits.load_fewshot(cfg["data"]["root"], dataset, cfg["data"]["shots"], seed, split=ds.split)
+    s = Settings.of(cfg)
+    root, cache, precision, batch = (
+        s.data.root,
+        s.data.cache_images,
+        s.model.precision,
+        s.train.eval_batch_size,
+    )
+    fewshot = splits.load_fewshot(root, dataset, s.data.shots, seed, split=ds.split)
     method = load_method(cfg, clip, ds, method_id, seed, check_splits=True)
-    precision = cfg["model"]["precision"]
-    batch = cfg["train"]["eval_batch_size"]
-    root = cfg["data"]["root"]
-    cache = cfg["data"]["cache_images"]
 
     t0 = time.perf_counter()
     test_items = ds.split["test"]
@@ -147,7 +151,7 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
     val = accuracy_report(predict(method, clip, val_x, batch, precision), val_y, len(ds.classnames))
 
     status, trained = "ok", None
-    if method_kind(method_id) != "zeroshot":
+    if method_trains(method_id):
         header = Method.read_header(paths.run_file(dataset, method_id, seed, paths.PARAMS))
         status, trained = header["status"], header["identity"]
     metrics = {

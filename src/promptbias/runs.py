@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptbias import paths
-from promptbias.config import method_kind
+from promptbias.config import method_kind, method_trains
 from promptbias.errors import UserError
 
 
@@ -63,8 +63,8 @@ def load_method(
     from promptbias.methods import Method, build_method
 
     kind = method_kind(method_id)
-    if kind == "zeroshot":
-        return build_method("zeroshot", clip, ds.classnames, ds.template)
+    if not method_trains(method_id):  # built from the template alone
+        return build_method(kind, clip, ds.classnames, ds.template)
     path = paths.run_file(ds.name, method_id, seed, paths.PARAMS)
     if not path.is_file():
         raise UserError(

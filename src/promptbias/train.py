@@ -39,7 +39,7 @@ from typing import Any
 import click
 
 from promptbias import paths
-from promptbias.config import RunContext, method_lr, method_settings
+from promptbias.config import RunContext, method_lr, method_settings, method_trains
 from promptbias.errors import UserError
 
 # the part of a job's identity kept in params.safetensors (what was trained, on what): evaluate and probe
@@ -221,8 +221,8 @@ def train_run(
     from promptbias.runs import dataset_info, load_backbone
 
     kind, hparams = method_settings(cfg, method_id)
-    if kind == "zeroshot":
-        raise UserError("zeroshot needs no training — run `promptbias evaluate --method zeroshot` directly")
+    if not method_trains(method_id):
+        raise UserError(f"{kind} needs no training — run `promptbias evaluate --method {method_id}` directly")
     lr = method_lr(cfg, method_id)
     tcfg = cfg["train"]
     out = paths.run_dir(dataset, method_id, seed)

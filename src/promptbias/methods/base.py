@@ -13,6 +13,7 @@ its hyper-parameters and the backbone, so a file of the wrong method or shape fa
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptbias.data.registry import clean_classname  # noqa: F401  (re-exported for the methods)
 from promptbias.errors import UserError
 from promptbias.model.encoders import Attention, Layered, Recorder, TextParts, encode_image, encode_text
 from promptbias.model.loading import LoadedClip
@@ -35,13 +37,14 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def build_method(kind: str, clip: LoadedClip, classnames: list[str], template: str, **hparams: Any) -> Method:
+    from promptbias import catalog
+
+    info = catalog.methods().get(kind)
+    if info is not None and kind not in METHODS:
+        importlib.import_module(info.module)  # a plugin's class registers itself on import
     if kind not in METHODS:
         raise UserError(f"unknown method {kind!r} — choose one of {', '.join(sorted(METHODS))}")
     return METHODS[kind](clip, classnames, template, **hparams)
-
-
-def clean_classname(name: str) -> str:
-    return name.replace("_", " ")
 
 
 class Method(nn.Module):

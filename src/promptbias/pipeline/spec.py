@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptbias import paths
-from promptbias.config import grid_method_ids, method_kind
+from promptbias import catalog, paths
+from promptbias.config import grid_method_ids, method_kind, method_trains
 from promptbias.errors import UserError
 
 Config = dict[str, Any]
@@ -35,8 +35,6 @@ TRAIN_KEYS = tuple(
     f"train.{k}"
     for k in ("epochs", "batch_size", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "crop_scale")
 )
-# tables that `promptbias render` writes besides the figures (see promptbias.render.catalog)
-RENDERED_TABLES = ("table1.md", "table1.csv", "table1.tex", "bias_decomposition.csv", "bias_decomposition.md")
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def evaluate_matrix(cfg: Config) -> list[Wildcards]:
 
 
 def train_matrix(cfg: Config) -> list[Wildcards]:
-    return [w for w in evaluate_matrix(cfg) if method_kind(w["method"]) != "zeroshot"]
+    return [w for w in evaluate_matrix(cfg) if method_trains(w["method"])]
 
 
 def probe_matrix(cfg: Config) -> list[Wildcards]:
@@ -162,12 +160,11 @@ def model_keys() -> list[str]:
 
 
 def probe_kind_keys(cfg: Config) -> list[str]:
-    kinds = cfg["probes"]["kinds"]
-    keys = ["probes.max_images", "probes.sample_seed", "probes.batch_size"]
-    if "relevancy" in kinds:
-        keys.append("probes.start_layer")
-    if "maps" in kinds:
-        keys += ["probes.map_images", "probes.rotations"]
+    """The probes.* keys the job's kinds read (each catalog entry names its own), in a stable order."""
+    keys: list[str] = []
+    for kind in cfg["probes"]["kinds"]:
+        info = catalog.probe_info(kind)
+        keys += [k for k in (*info.common, *info.params) if k not in keys]
     return keys
 
 
@@ -206,7 +203,7 @@ def _evaluate_deps(cfg: Config, w: Wildcards) -> list[str]:
     deps = [_p(paths.raw_json(root, ds)), _p(paths.split_json(root, ds, shots, seed))]  # val accuracy
     if cfg["data"]["cache_images"]:
         deps.append(_p(paths.cache_dir(root, ds)))
-    if method_kind(method) != "zeroshot":  # zero-shot depends on no train stage
+    if method_trains(method):  # zero-shot depends on no train stage
         deps.append(_p(paths.run_file(ds, method, seed, paths.PARAMS)))
     return deps + weights_deps(cfg)
 
@@ -216,7 +213,7 @@ def _probe_deps(cfg: Config, w: Wildcards) -> list[str]:
     deps = [_p(paths.raw_json(root, ds))]
     if cfg["data"]["cache_images"]:
         deps.append(_p(paths.cache_dir(root, ds)))
-    if method_kind(method) != "zeroshot":
+    if method_trains(method):
         deps.append(_p(paths.run_file(ds, method, seed, paths.PARAMS)))
     return deps + weights_deps(cfg)
 
@@ -226,7 +223,7 @@ def _probe_outs(cfg: Config) -> list[Out]:
     for kind in cfg["probes"]["kinds"]:
         for suffix in ("parquet", "json"):
             outs.append(Out(_p(paths.probe_file("{dataset}", "{method}", "{seed}", kind, suffix))))
-        if kind in ("maps", "bias_decomposition"):  # these probes also write arrays
+        if catalog.probe_info(kind).writes_arrays:
             outs.append(Out(_p(paths.probe_file("{dataset}", "{method}", "{seed}", kind, "npz"))))
     return outs
 
@@ -234,6 +231,15 @@ def _probe_outs(cfg: Config) -> list[Out]:
 def probe_files(cfg: Config) -> list[str]:
     templates = [o.path for o in _probe_outs(cfg)]
     return [t.format(**w) for w in probe_matrix(cfg) for t in templates]
+
+
+def rendered_tables(cfg: Config) -> list[Path]:
+    """The tables ``promptbias render`` writes besides the figures: what each renderer declares."""
+    from promptbias.render.catalog import (
+        expected_outputs,  # (matplotlib: only when the render stage is planned)
+    )
+
+    return [p for p in expected_outputs(cfg) if p.parent == paths.TABLES]
 
 
 def _render_deps(cfg: Config, w: Wildcards) -> list[str]:
@@ -366,7 +372,7 @@ STAGES: tuple[Stage, ...] = (
         command=lambda cfg, w: "render",
         outs=lambda cfg: [
             Out(_p(paths.FIGURES), directory=True, report="Figures", patterns=("{name}.png",)),
-            *(Out(_p(paths.table_file(name))) for name in RENDERED_TABLES),
+            *(Out(_p(path)) for path in rendered_tables(cfg)),
             Out(_p(paths.REPORT), report="Report"),
         ],
         matrix=lambda cfg: [{}],

@@ -122,7 +122,7 @@ def _collect(
                 st.add(c[mask], u[mask], x[mask], mass[mask], samples=a.shape[0])
 
 
-@register_probe("bias_decomposition", writes_arrays=True)
+@register_probe("bias_decomposition")
 def bias_decomposition(ctx: ProbeContext) -> ProbeResult:
     """Prompt (and SOS) attention contribution per layer: its mean ("bias") and the variance share it explains."""
     model, method = ctx.model, ctx.method

@@ -45,11 +45,10 @@ def probe(ctx: Any, kinds: tuple[str, ...], dataset: str, method_id: str, seed: 
     Several KINDS may be given: they run one after the other in this process (one start-up for all).
     """
     from promptbias.pipeline.bind import bind_job
-    from promptbias.probes import PROBES
+    from promptbias.probes.registry import get_probe
 
     for kind in kinds:  # check them all before running any
-        if kind not in PROBES:
-            raise UserError(f"probe {kind!r}: unknown — choose one of {', '.join(sorted(PROBES))}")
+        get_probe(kind)
     cfg = ctx.config
     if list(kinds) != list(cfg["probes"]["kinds"]):  # the job's params are those of probes.kinds
         cfg = {**cfg, "probes": {**cfg["probes"], "kinds": list(kinds)}}
@@ -65,7 +64,8 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
     from promptbias import paths
     from promptbias.data import images as data_images
     from promptbias.io import atomic_path, provenance, write_json
-    from promptbias.probes import PROBES, ProbeContext, ProbeSettings
+    from promptbias.probes import ProbeContext, ProbeSettings
+    from promptbias.probes.registry import get_probe
     from promptbias.runs import dataset_info, load_backbone, load_method
 
     pcfg = cfg["probes"]
@@ -101,7 +101,7 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
         normalize=lambda x: data_images.normalize(x, clip.mean, clip.std),
     )
     t0 = time.perf_counter()
-    result = PROBES[kind].run(pctx)
+    result = get_probe(kind).run(pctx)
     seconds = time.perf_counter() - t0
 
     out = paths.probe_dir(dataset, method_id, seed)

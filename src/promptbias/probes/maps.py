@@ -61,7 +61,7 @@ def _rotate(images: torch.Tensor, degrees: int) -> torch.Tensor:
     return torch.rot90(images, k=(degrees // 90) % 4, dims=(-2, -1))
 
 
-@register_probe("maps", writes_arrays=True)
+@register_probe("maps")
 def maps(ctx: ProbeContext) -> ProbeResult:
     """CLS attention maps (CLIP vs method) and vision-prompt similarity maps, over input rotations."""
     n = min(ctx.settings.map_images, len(ctx.ids))

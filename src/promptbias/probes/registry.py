@@ -1,16 +1,17 @@
 """The probe registry: a probe is one function ``ProbeContext -> ProbeResult`` registered by name.
 
-    @register_probe("my_probe", needs_grad=False)
+    @register_probe("my_probe")
     def my_probe(ctx: ProbeContext) -> ProbeResult: ...
 
-    PROBES["relevancy"].run(ctx)
+    run_probe("relevancy", ctx)      # imports the probe's module (promptbias.catalog) on first use
 
-Adding a probe = one module with a registered function + its import in ``promptbias/probes/__init__.py``
-(and the name in the params schema's ``probes.kinds`` enum).
+Adding a probe = one module with a registered function + one ``register_probe_info`` entry (its module,
+whether it writes arrays, the params keys it reads) in :mod:`promptbias.catalog` or a plugin module.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,23 +24,28 @@ ProbeFn = Callable[[ProbeContext], ProbeResult]
 class ProbeSpec:
     name: str
     run: ProbeFn
-    writes_arrays: bool = False  # also writes <kind>.npz
-    description: str = ""
 
 
 PROBES: dict[str, ProbeSpec] = {}
 
 
-def register_probe(name: str, writes_arrays: bool = False) -> Callable[[ProbeFn], ProbeFn]:
+def register_probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
     def deco(fn: ProbeFn) -> ProbeFn:
-        doc = (fn.__doc__ or "").strip().splitlines()
-        PROBES[name] = ProbeSpec(name, fn, writes_arrays, doc[0] if doc else "")
+        PROBES[name] = ProbeSpec(name, fn)
         return fn
 
     return deco
 
 
-def run_probe(name: str, ctx: ProbeContext) -> ProbeResult:
+def get_probe(name: str) -> ProbeSpec:
+    """The registered probe (its module imported first; an unknown name is a one-line UserError)."""
+    from promptbias.catalog import probe_info
+
+    info = probe_info(name)
     if name not in PROBES:
-        raise KeyError(f"unknown probe {name!r}; known: {', '.join(sorted(PROBES))}")
-    return PROBES[name].run(ctx)
+        importlib.import_module(info.module)
+    return PROBES[name]
+
+
+def run_probe(name: str, ctx: ProbeContext) -> ProbeResult:
+    return get_probe(name).run(ctx)

@@ -18,6 +18,7 @@ from promptbias.render import (  # noqa: F401  (registration, in report order)
     maps,
     relevancy,
     report,
+    runs,
     sensitivity,
     table1,
 )
