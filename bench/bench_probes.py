@@ -1,7 +1,7 @@
 """Probe cost per image: every registered probe on random images through a random-init backbone.
 
-    python -m promptbias.probes.bench --model promptbias-tiny --images 32 --batch-size 16
-    python -m promptbias.probes.bench --model ViT-B-16-quickgelu --images 4 --batch-size 4 --threads 1
+    python bench/bench_probes.py --model promptbias-tiny --images 32 --batch-size 16
+    python bench/bench_probes.py --model ViT-B-16-quickgelu --images 4 --batch-size 4 --threads 1
 
 Prints one markdown table row per probe (ms/image, wall seconds) for a deep-prompt method (1 text +
 1 vision token in every layer, as Table 1's PROMPT) over ``--classes`` class captions. Text-side work

@@ -299,7 +299,7 @@ def test_benign_archives_extract_with_prefix_strip(tmp_path: Path) -> None:
 def test_generated_dataset_is_normalised_like_any_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from promptbias.data import demo
+    from promptbias.demo import world as demo
 
     calls: list[tuple[str, Path, int]] = []
 

@@ -64,11 +64,11 @@ def test_known_dead_or_manual_sources_come_with_mirrors_or_instructions() -> Non
 
 
 def test_demo_datasets_are_generated_with_the_generators_templates() -> None:
-    from promptbias.data import demo
+    from promptbias.demo import world as demo
 
     for name in ("demo_shapes", "demo_textures", "demo_aerial"):
         spec = registry.get(name)
-        assert spec.generator == "promptbias.data.demo:generate_dataset"
+        assert spec.generator == "promptbias.demo.world:generate_dataset"
         assert spec.split_file == f"split_{name}.json" and not spec.files
         assert spec.template == demo.DEMO_DATASETS[name].template
 

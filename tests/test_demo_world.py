@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from promptbias.data.demo import (
+from promptbias.demo.world import (
     COLORS,
     DEMO_DATASETS,
     RARE_TEXTURES,

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from promptbias.cli import cli
+from promptbias.demo.pretrain import _augment, encode_text_truncated, tokenize_truncated
 from promptbias.model import load_clip
-from promptbias.pretrain_demo import _augment, encode_text_truncated, tokenize_truncated
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ _COMMANDS: dict[str, str] = {
     "fetch": "promptbias.data.commands:fetch",
     "split": "promptbias.data.commands:split",
     "cache": "promptbias.data.commands:cache",
-    "pretrain-demo": "promptbias.pretrain_demo:pretrain_demo",
+    "pretrain-demo": "promptbias.demo.pretrain:pretrain_demo",
     "train": "promptbias.train:train_command",
     "evaluate": "promptbias.evaluate:evaluate_command",
     "aggregate": "promptbias.aggregate:aggregate_command",

@@ -122,11 +122,6 @@ def claim_gpu_slot(lock_dir: Path | None = None, *, wait: bool = True, poll_s: f
         time.sleep(poll_s)
 
 
-def held_slot() -> int | None:
-    """The slot this process holds, if any."""
-    return _held[0] if _held is not None else None
-
-
 @click.command(
     "gpu-slot",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},

@@ -1,13 +1,14 @@
 """Typed, frozen views of the validated params, built once per command.
 
     s = Settings.of(cfg)                  # cfg: validated, layered params (promptbias.config.load_params)
-    s.train.epochs, s.model.pretrained, s.data.root, s.probes.rotations, s.demo.pretrain_steps
+    s.train.epochs, s.model.pretrained, s.data.root, s.demo.pretrain_steps
     s.method("prompt-d3-n4")              # MethodSettings(id, kind, lr, hparams): depth 3, 4 tokens each
 
 The schema requires every key and ``params.yaml`` holds every default (a layered file overrides some),
 so no field here has a default: a missing key is an error at validation, never a silent fallback.
 Provenance works on the raw values (:mod:`promptbias.pipeline.bind` records exactly the keys a job
-reads); these classes are how the code reads them.
+reads); these classes are how the code reads them. The probes read theirs through
+:class:`promptbias.probes.common.ProbeSettings`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from promptbias.config import method_kind, method_lr, method_settings
+from promptbias.config import method_lr, method_settings, method_trains
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,6 @@ class MethodSettings:
 
 
 @dataclass(frozen=True)
-class ProbeSettings:
-    max_images: int
-    sample_seed: int
-    batch_size: int
-    start_layer: int
-    map_images: int
-    rotations: tuple[int, ...]
-    text_batch_size: int = 256  # captions per explicit text forward (an implementation constant, not a param)
-
-
-@dataclass(frozen=True)
 class DemoSettings:
     world_seed: int
     pretrain_seed: int
@@ -93,7 +83,6 @@ class Settings:
     cpu_threads: int
     data: DataSettings
     train: TrainSettings
-    probes: ProbeSettings
     demo: DemoSettings
     _methods: MappingProxyType[str, Any]
 
@@ -102,21 +91,12 @@ class Settings:
         demo = {k: v for k, v in cfg["demo"].items() if k != "enabled"}
         if demo["corpus_size"] is None:
             demo["corpus_size"] = int(demo["pretrain_steps"]) * int(demo["batch_size"])
-        probes = cfg["probes"]
         return cls(
             model=ModelSettings(**cfg["model"]),
             device=cfg["device"],
             cpu_threads=int(cfg["cpu_threads"]),
             data=DataSettings(**cfg["data"]),
             train=TrainSettings(**{**cfg["train"], "crop_scale": tuple(cfg["train"]["crop_scale"])}),
-            probes=ProbeSettings(
-                max_images=int(probes["max_images"]),
-                sample_seed=int(probes["sample_seed"]),
-                batch_size=int(probes["batch_size"]),
-                start_layer=int(probes["start_layer"]),
-                map_images=int(probes["map_images"]),
-                rotations=tuple(int(r) for r in probes["rotations"]),
-            ),
             demo=DemoSettings(**{**demo, "eval_datasets": tuple(demo["eval_datasets"])}),
             _methods=MappingProxyType({"methods": cfg["methods"]}),
         )
@@ -124,5 +104,5 @@ class Settings:
     def method(self, method_id: str) -> MethodSettings:
         cfg = {"methods": self._methods["methods"]}
         kind, hparams = method_settings(cfg, method_id)
-        lr = None if kind == "zeroshot" else method_lr(cfg, method_id)
-        return MethodSettings(method_id, method_kind(method_id), lr, MappingProxyType(hparams))
+        lr = method_lr(cfg, method_id) if method_trains(method_id) else None
+        return MethodSettings(method_id, kind, lr, MappingProxyType(hparams))

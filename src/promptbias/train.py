@@ -39,8 +39,9 @@ from typing import Any
 import click
 
 from promptbias import paths
-from promptbias.config import RunContext, method_lr, method_settings, method_trains
+from promptbias.config import RunContext
 from promptbias.errors import UserError
+from promptbias.settings import Settings
 
 # the part of a job's identity kept in params.safetensors (what was trained, on what): evaluate and probe
 # check it; the code and torch build decide only whether a checkpoint may resume
@@ -92,11 +93,11 @@ class TrainingData:
         return self.n // self.batch_size if self.n >= self.batch_size else math.ceil(self.n / self.batch_size)
 
 
-def load_training_data(cfg: dict[str, Any], dataset: str, seed: int, clip: Any) -> TrainingData:
+def load_training_data(s: Settings, dataset: str, seed: int, clip: Any) -> TrainingData:
     from promptbias import identity
     from promptbias.data import images, splits
 
-    root, shots = cfg["data"]["root"], cfg["data"]["shots"]
+    root, shots = s.data.root, s.data.shots
     split = splits.load_split(root, dataset)
     fewshot = splits.load_fewshot(root, dataset, shots, seed, split=split)
     if not fewshot["train"]:
@@ -113,12 +114,11 @@ def load_training_data(cfg: dict[str, Any], dataset: str, seed: int, clip: Any) 
         ),
     }
     pictures, labels = images.load_train_images(root, dataset, fewshot["train"], max_side=None)
-    crop_scale = tuple(cfg["train"]["crop_scale"])  # RandomResizedCrop area range
-    augment = images.TrainAugment(clip.image_size, scale=crop_scale, device=clip.device)
-    return TrainingData(pictures, labels.to(clip.device), augment, cfg["train"]["batch_size"], digests)
+    augment = images.TrainAugment(clip.image_size, scale=s.train.crop_scale, device=clip.device)
+    return TrainingData(pictures, labels.to(clip.device), augment, s.train.batch_size, digests)
 
 
-def job_identity(cfg: dict[str, Any], job: Any, data: TrainingData) -> dict[str, Any]:
+def job_identity(s: Settings, job: Any, data: TrainingData) -> dict[str, Any]:
     """Everything that decides the learned tensors: a checkpoint resumes only the job with this identity."""
     import torch
 
@@ -128,7 +128,7 @@ def job_identity(cfg: dict[str, Any], job: Any, data: TrainingData) -> dict[str,
         "job": job.name,
         "params": job.params,
         "inputs": data.digests,
-        "backbone": identity.backbone(cfg["model"]),
+        "backbone": identity.backbone({"name": s.model.name, "pretrained": s.model.pretrained}),
         "code": identity.code(),
         "torch": torch.__version__,
     }
@@ -220,11 +220,12 @@ def train_run(
     from promptbias.model.precision import autocast, precision_name
     from promptbias.runs import dataset_info, load_backbone
 
-    kind, hparams = method_settings(cfg, method_id)
-    if not method_trains(method_id):
-        raise UserError(f"{kind} needs no training — run `promptbias evaluate --method {method_id}` directly")
-    lr = method_lr(cfg, method_id)
-    tcfg = cfg["train"]
+    s = Settings.of(cfg)
+    m = s.method(method_id)
+    if m.lr is None:
+        raise UserError(
+            f"{m.kind} needs no training — run `promptbias evaluate --method {method_id}` directly"
+        )
     out = paths.run_dir(dataset, method_id, seed)
     for name in (paths.CHECKPOINT, paths.PARAMS, paths.TRAIN_RECORD):
         remove_stale_temps(out / name)  # left by a killed earlier attempt of this job
@@ -232,17 +233,18 @@ def train_run(
 
     clip = load_backbone(cfg)
     ds = dataset_info(cfg, dataset)
-    data = load_training_data(cfg, dataset, seed, clip)
-    identity = job_identity(cfg, job, data)
-    extra = {"init_seed": seed} if kind == "prompt" else {}
-    method = build_method(kind, clip, ds.classnames, ds.template, **hparams, **extra)
+    data = load_training_data(s, dataset, seed, clip)
+    identity = job_identity(s, job, data)
+    extra = {"init_seed": seed} if m.kind == "prompt" else {}
+    method = build_method(m.kind, clip, ds.classnames, ds.template, **m.hparams, **extra)
     optimizer = torch.optim.SGD(
         [p for p in method.parameters() if p.requires_grad],
-        lr=tcfg["warmup_lr"],
-        momentum=tcfg["momentum"],
-        weight_decay=tcfg["weight_decay"],
+        lr=s.train.warmup_lr,
+        momentum=s.train.momentum,
+        weight_decay=s.train.weight_decay,
     )
-    schedule = Schedule(lr, tcfg["epochs"], tcfg["warmup_epochs"], tcfg["warmup_lr"])
+    schedule = Schedule(m.lr, s.train.epochs, s.train.warmup_epochs, s.train.warmup_lr)
+    epochs = s.train.epochs
     checkpoint = Checkpoint(out / paths.CHECKPOINT, identity)
     history: list[dict[str, Any]] = []
     start_epoch, status = 0, "ok"
@@ -252,9 +254,9 @@ def train_run(
         optimizer.load_state_dict(state["optimizer"])
         history = json.loads(state["history"])
         start_epoch, status = int(state["epoch"]) + 1, state["status"]
-        click.echo(f"resuming {out} after epoch {start_epoch}/{tcfg['epochs']}", err=True)
+        click.echo(f"resuming {out} after epoch {start_epoch}/{epochs}", err=True)
 
-    precision = cfg["model"]["precision"]
+    precision = s.model.precision
     fixed_text = None
     if method.text_is_constant:
         with torch.no_grad(), autocast(clip.device, precision):
@@ -264,12 +266,12 @@ def train_run(
     t_start = time.perf_counter()
     sigterm = sigterm or _SigtermFlag()
     try:
-        for epoch in range(start_epoch, tcfg["epochs"]):
+        for epoch in range(start_epoch, epochs):
             if status != "ok":
                 break
             record = _train_epoch(
                 method, clip, data, optimizer, schedule(epoch), epoch, seed, precision, fixed_text, sigterm,
-                label=f"{dataset}/{method_id}/seed{seed} epoch {epoch + 1}/{tcfg['epochs']}",
+                label=f"{dataset}/{method_id}/seed{seed} epoch {epoch + 1}/{epochs}",
                 fault_label=f"{out}/epoch{epoch + 1}",  # fault points …/epoch3.step2.
                 progress=progress,
             )  # fmt: skip
@@ -279,7 +281,7 @@ def train_run(
                 history.append(record)
                 _log_live(live, record)
             checkpoint.write(method, optimizer, epoch, history, status)
-            if sigterm.raised and epoch + 1 < tcfg["epochs"]:
+            if sigterm.raised and epoch + 1 < epochs:
                 raise _Preempted
     except _Preempted:
         click.echo(f"preempted: checkpointed {out} after epoch {len(history)}; rerun to resume", err=True)

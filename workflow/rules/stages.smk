@@ -4,11 +4,10 @@
 #   resources: gpu=1 on GPU stages (0 when device: cpu) — the job itself picks a free GPU (devices.py)
 #   threads: what the job really uses (decoding workers on a GPU; cpu_threads / demo.pretrain_threads on a CPU)
 #   params.values: the resolved values of the keys the command reads — Snakemake's params trigger sees an
-#     edit of any of them, and nothing else: the command line (which names the params files) is built in
-#     the run: block, so adding a layer file reruns only the jobs whose values change
+#     edit of any of them, and nothing else: params.cmd (which names the params files) is a function of the
+#     job's input, which Snakemake treats as derived and never as a rerun trigger, so adding a layer file
+#     reruns only the jobs whose values change
 #   log: logs/<stage>/... per job
-
-import shlex
 
 from promptbias.pipeline.snakemake import rule_threads as _rule_threads
 from promptbias.pipeline.snakemake import wildcard_constraints as _wildcard_constraints
@@ -29,12 +28,6 @@ def _output(out):
     return path
 
 
-def _run_job(rule_name, wildcards, log):
-    """The job's promptbias command, its output into the job's log (braces escaped for shell())."""
-    line = f"( {PIPE.command(_job(rule_name, wildcards))} ) > {shlex.quote(str(log[0]))} 2>&1"
-    shell(line.replace("{", "{{").replace("}", "}}"))
-
-
 for _stage in PIPE.stages():
 
     rule:
@@ -47,9 +40,10 @@ for _stage in PIPE.stages():
         log:
             _stage.log,
         params:
+            cmd=lambda wc, input, s=_stage: PIPE.command(_job(s.name, wc)),
             values=lambda wc, s=_stage: PIPE.param_values(_job(s.name, wc).params),
         threads: _rule_threads(PIPE, _stage)
         resources:
             gpu=int(_stage.gpu and PIPE.cfg["device"] != "cpu"),
-        run:
-            _run_job(rule, wildcards, log)
+        shell:
+            "( {params.cmd} ) > {log} 2>&1"

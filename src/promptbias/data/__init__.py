@@ -1,4 +1,4 @@
-"""Datasets: registry, fetch, CoOp-compatible few-shot splits, image loading and the demo world.
+"""Datasets: registry, fetch, CoOp-compatible few-shot splits and image loading (the demo world: promptbias.demo).
 
     from promptbias.data import registry, splits, images
     registry.get("dtd").template                       # "{} texture."

@@ -401,7 +401,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
         folder="demo_shapes",
         template="a photo of a {}.",
         split_file="split_demo_shapes.json",
-        generator="promptbias.data.demo:generate_dataset",
+        generator="promptbias.demo.world:generate_dataset",
         notes="procedurally generated (the offline demo world)",
     ),
     DatasetSpec(
@@ -410,7 +410,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
         folder="demo_textures",
         template="a photo of a {} background.",
         split_file="split_demo_textures.json",
-        generator="promptbias.data.demo:generate_dataset",
+        generator="promptbias.demo.world:generate_dataset",
         notes="procedurally generated; class names carry little information",
     ),
     DatasetSpec(
@@ -419,7 +419,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
         folder="demo_aerial",
         template="a photo of a {}.",
         split_file="split_demo_aerial.json",
-        generator="promptbias.data.demo:generate_dataset",
+        generator="promptbias.demo.world:generate_dataset",
         notes="procedurally generated; a strong domain shift shared by all images (like EuroSAT's)",
     ),
 )

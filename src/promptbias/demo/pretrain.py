@@ -4,7 +4,7 @@
     promptbias --set demo.pretrain_steps=20 pretrain-demo          # a smoke run
 
 The demo CLIP (open_clip config ``promptbias-demo``, random init) is trained CLIP-style on
-:func:`promptbias.data.demo.caption_corpus` — symmetric InfoNCE over a batch of image–caption pairs,
+:func:`promptbias.demo.world.caption_corpus` — symmetric InfoNCE over a batch of image–caption pairs,
 learnable temperature (``logit_scale`` clamped to ≤ ln 100), AdamW with linear warm-up and cosine
 decay, light augmentation (random flip + shift), fp32 on CPU. Deterministic from the seed for a
 given thread count. Text is run over the context truncated to the corpus' longest caption (exact:
@@ -31,6 +31,7 @@ engine (Snakemake's OMP_NUM_THREADS), since the result depends on it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -46,18 +47,19 @@ from promptbias import paths
 from promptbias.config import RunContext
 from promptbias.errors import UserError
 from promptbias.io import atomic_path, provenance, write_json
+from promptbias.settings import DemoSettings, Settings
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def demo_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+def demo_settings(cfg: dict[str, Any]) -> DemoSettings:
     """The ``demo`` section as pretraining reads it (corpus_size filled in)."""
-    out = {key: value for key, value in cfg["demo"].items() if key != "enabled"}
-    if out["corpus_size"] is None:
-        out["corpus_size"] = int(out["pretrain_steps"]) * int(out["batch_size"])
-    if out["corpus_size"] < out["batch_size"]:
-        raise UserError(f"demo.corpus_size: {out['corpus_size']} is smaller than demo.batch_size — raise it")
-    return out
+    settings = Settings.of(cfg).demo
+    if settings.corpus_size < settings.batch_size:
+        raise UserError(
+            f"demo.corpus_size: {settings.corpus_size} is smaller than demo.batch_size — raise it"
+        )
+    return settings
 
 
 # ------------------------------------------------------------------------------------- model pieces
@@ -108,38 +110,38 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 # ------------------------------------------------------------------------------------------ training
 def pretrain(
-    settings: dict[str, Any], show_progress: bool | None = None
+    settings: DemoSettings, show_progress: bool | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Pretrain the demo CLIP; returns the trained model (eval mode) and the training record."""
     from tqdm import tqdm
 
-    from promptbias.data.demo import background_only, caption_corpus
+    from promptbias.demo.world import background_only, caption_corpus
     from promptbias.model import load_clip
 
-    torch.set_num_threads(int(settings["pretrain_threads"]))
+    torch.set_num_threads(int(settings.pretrain_threads))
     threads = torch.get_num_threads()
-    torch.manual_seed(settings["pretrain_seed"])
-    clip = load_clip(settings["model"], None)
+    torch.manual_seed(settings.pretrain_seed)
+    clip = load_clip(settings.model, None)
     model = clip.model.train().requires_grad_(True)
     size = clip.image_size
     mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
     std = torch.tensor(clip.std).view(1, 3, 1, 1)
 
     t0 = time.perf_counter()
-    images_np, captions = caption_corpus(settings["world_seed"], settings["corpus_size"], size)
+    images_np, captions = caption_corpus(settings.world_seed, settings.corpus_size, size)
     images = torch.from_numpy(images_np).permute(0, 3, 1, 2).contiguous()  # N×3×S×S uint8
     tokens = tokenize_truncated(clip.tokenizer, captions)  # N×L
     corpus_s = time.perf_counter() - t0
 
-    steps, batch, n = settings["pretrain_steps"], settings["batch_size"], len(captions)
+    steps, batch, n = settings.pretrain_steps, settings.batch_size, len(captions)
     opt = torch.optim.AdamW(
-        _param_groups(model, settings["weight_decay"]),
-        lr=settings["lr"],
+        _param_groups(model, settings.weight_decay),
+        lr=settings.lr,
         betas=(0.9, 0.98),
         eps=1e-6,
         fused=True,  # one kernel over all tensors: the 49,408-row token embedding made the step 20% optimiser
     )
-    gen = torch.Generator().manual_seed(settings["pretrain_seed"])
+    gen = torch.Generator().manual_seed(settings.pretrain_seed)
     order = torch.randperm(n, generator=gen)
     bare = torch.from_numpy(background_only(captions)).nonzero().flatten()  # background-only pairs
     cursor, losses, lrs = 0, [], []
@@ -149,7 +151,7 @@ def pretrain(
     )
     for step in bar:
         # texture batches phase in over the first half: colour and objects are learned first
-        share = settings["texture_batch_share"] * min(1.0, 2 * step / steps)
+        share = settings.texture_batch_share * min(1.0, 2 * step / steps)
         if float(torch.rand(1, generator=gen)) < share and len(bare) >= batch:
             idx = bare[torch.randperm(len(bare), generator=gen)[:batch]]  # negatives differ in texture only
         else:
@@ -157,7 +159,7 @@ def pretrain(
                 order, cursor = torch.randperm(n, generator=gen), 0
             idx = order[cursor : cursor + batch]
             cursor += batch
-        lr = _lr_at(step, steps, settings["lr"], settings["warmup_steps"])
+        lr = _lr_at(step, steps, settings.lr, settings.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
         x = _augment(images[idx].float() / 255.0, gen)  # B×3×S×S in [0, 1]
@@ -252,23 +254,23 @@ def _linear_probe(
 
 
 @torch.no_grad()
-def evaluate_demo(clip: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def evaluate_demo(clip: Any, settings: DemoSettings) -> dict[str, Any]:
     """Zero-shot (dataset template) and 16-shot linear-probe top-1 (%) on each demo dataset's test split."""
     import json
     import random
 
-    from promptbias.data.demo import DEMO_DATASETS, generate_dataset
+    from promptbias.demo.world import DEMO_DATASETS, generate_dataset
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="promptbias-demo-eval-") as tmp:
-        for name in settings["eval_datasets"]:
+        for name in settings.eval_datasets:
             if name not in DEMO_DATASETS:
                 raise UserError(
                     f"demo.eval_datasets: {name!r} is not a demo dataset ({', '.join(DEMO_DATASETS)})"
                 )
             spec = DEMO_DATASETS[name]
             root = Path(tmp) / name
-            generate_dataset(name, root, settings["world_seed"])
+            generate_dataset(name, root, settings.world_seed)
             split = json.loads((root / f"split_{name}.json").read_text())
             test_x, test_y = _load_items(root, split["test"], clip.image_size)
             test_f = _image_features(clip, test_x)  # N×E
@@ -282,7 +284,7 @@ def evaluate_demo(clip: Any, settings: dict[str, Any]) -> dict[str, Any]:
             shots = [
                 it
                 for c in sorted(by_class)
-                for it in rnd.sample(by_class[c], min(settings["probe_shots"], len(by_class[c])))
+                for it in rnd.sample(by_class[c], min(settings.probe_shots, len(by_class[c])))
             ]
             train_x, train_y = _load_items(root, shots, clip.image_size)
             probe = _linear_probe(
@@ -298,7 +300,7 @@ def evaluate_demo(clip: Any, settings: dict[str, Any]) -> dict[str, Any]:
                 "chance": round(100 / len(spec.classnames), 2),
                 "template": spec.template,
                 "zeroshot_accuracy": round(100 * float((zs == test_y).float().mean()), 2),
-                f"linear_probe_{settings['probe_shots']}shot_accuracy": round(
+                f"linear_probe_{settings.probe_shots}shot_accuracy": round(
                     100 * float((probe == test_y).float().mean()), 2
                 ),
                 "zeroshot_per_class": dict(zip(spec.classnames, per_class_zs, strict=True)),
@@ -315,17 +317,22 @@ def pretrain_demo(ctx: RunContext) -> None:
 
     job = bind_job(ctx, ctx.config, "pretrain-demo")
     settings = demo_settings(ctx.config)
-    out_dir = Path(settings["clip_dir"])
+    out_dir = Path(settings.clip_dir)
     t0 = time.perf_counter()
     model, record = pretrain(settings)
     weights = paths.demo_weights(out_dir)
     save_weights(model, weights)
-    clip = load_clip(settings["model"], str(weights))  # proves the file loads through the real loader
+    clip = load_clip(settings.model, str(weights))  # proves the file loads through the real loader
     t_eval = time.perf_counter()
     record["evaluation"] = evaluate_demo(clip, settings)
     record["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
     record["wall_seconds"] = round(time.perf_counter() - t0, 2)
-    record = {"model": settings["model"], "weights": str(weights), "settings": settings, **record}
+    record = {
+        "model": settings.model,
+        "weights": str(weights),
+        "settings": dataclasses.asdict(settings),
+        **record,
+    }
     record.update(job.record())
     record["provenance"] = provenance()
     write_json(paths.demo_record(out_dir), record)
@@ -333,7 +340,7 @@ def pretrain_demo(ctx: RunContext) -> None:
         f"{k} zero-shot {v['zeroshot_accuracy']:.1f}%" for k, v in record["evaluation"].items()
     )
     click.echo(
-        f"pretrained {settings['model']} in {record['wall_seconds']:.0f}s "
+        f"pretrained {settings.model} in {record['wall_seconds']:.0f}s "
         f"({record['images_per_second']:.0f} img/s, loss {record['loss'][0]:.2f} → {record['loss'][-1]:.2f}); "
         f"{summary} → {weights}"
     )

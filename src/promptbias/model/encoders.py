@@ -206,10 +206,10 @@ def encode_text(
 ) -> torch.Tensor:
     """Text features C×E (not normalised) for the given prompts' token ids.
 
-    ``None`` switches pick the measured-faster default for the device: on CPU the savings a2–a4 are on
-    (fewer FLOPs win); on CUDA only truncation (a1) — eager GPU runs are launch-bound and the extra
-    kernels of buckets/prefix cost more than they save (bench/RESULTS.md, H200: 30 ms vs 120 ms at 1000
-    classes). Every combination gives the same features (tests/test_perf_exactness.py).
+    ``None`` switches pick the faster default for the device (measured in bench/RESULTS.md): on CPU
+    ``buckets``, ``shared_prefix`` and ``prune_last`` are on (fewer FLOPs win); on CUDA only ``truncate``
+    — eager GPU runs are launch-bound and the extra kernels of buckets/prefix cost more than they save.
+    Every combination gives the same features (tests/test_perf_exactness.py).
     """
     parts = TextParts.of(model)
     on_gpu = tokens.is_cuda

@@ -5,18 +5,18 @@
 
 Three savings, each exact up to floating-point rounding (tests/test_perf_exactness.py):
 
-* **a2 length buckets** — classes are sorted by EOS position and split into ≤ ``n_buckets`` groups
+* **length buckets** (``buckets``) — classes are sorted by EOS position and split into ≤ ``n_buckets`` groups
   (boundaries chosen by dynamic programming to minimise padded tokens); each group is padded only to its
   own longest EOS. Under the causal mask a token never sees anything after it, so padding after a row's EOS
   cannot change that row's EOS feature. Features are put back in the callers' class order.
-* **a3 shared prefix** — the first ``P`` positions (SOS, the ``n_ctx`` learnable context slots and the
+* **shared prefix** (``shared_prefix``) — the first ``P`` positions (SOS, the ``n_ctx`` learnable context slots and the
   template words before the first position where any two captions differ, capped below the earliest EOS)
   hold the same tokens for every class. Deep prompts and biases are class-independent and the causal mask
   keeps later tokens out, so the prefix's hidden states are identical for every class at every layer: they
   are computed once (1×P×W) and every class's suffix attends to [prefix K/V; own K/V]. The suffix mask is
   the *lower-right* aligned causal mask (suffix query j sees keys ≤ P + j) — ``is_causal=True`` would align
   it top-left and be wrong when Lq ≠ Lk. Gradients from all classes flow into the single prefix.
-* **a4 EOS-only last block** — the last block computes K/V for every token but the query, output
+* **EOS-only last block** (``prune_last``) — the last block computes K/V for every token but the query, output
   projection and MLP only for each class's EOS row (the only row that is pooled).
 
 Requirements checked by :func:`fast_path_applies`: causal text tower pooled at the EOS/argmax token.

@@ -155,3 +155,9 @@ def _check_supported(model: torch.nn.Module, name: str) -> None:
             f"model.name: {name} has a {type(text).__name__} text tower; promptbias needs an open_clip "
             "TextTransformer (e.g. not an HF text tower) — pick another model"
         )
+    from promptbias.model.encoders import check_model
+
+    try:
+        check_model(model)  # every block must be one the encoders can run one by one
+    except TypeError as exc:
+        raise UserError(f"model.name: {name}: {exc} — pick another model") from None

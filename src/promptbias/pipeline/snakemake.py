@@ -6,10 +6,10 @@
 
 Snakemake layers ``configfile: params.yaml``, then ``--configfile`` files, then ``--config`` values;
 every job runs ``promptbias --params params.yaml [--params <configfile> …] [--set <--config value> …]``,
-so a command sees exactly the config Snakemake planned with. The command line is not a Snakemake
-param (``workflow/rules/stages.smk`` runs it from a ``run:`` block): its params trigger sees the
-resolved values of the keys the command reads, so adding a layer file reruns only the jobs whose
-values change.
+so a command sees exactly the config Snakemake planned with. Snakemake's params trigger sees the
+resolved values of the keys the command reads (``params.values``), never the command line
+(``params.cmd`` is a function of the job's input, a derived param), so adding a layer file reruns only
+the jobs whose values change.
 """
 
 from __future__ import annotations

@@ -268,20 +268,6 @@ class Accumulator:
         self._sum[k] = float(value) * max(int(n), 1)
         self._n[k] = int(n)
 
-    def add_layer_head(self, branch: str, variant: str, key: str, totals: torch.Tensor, n: int) -> None:
-        """totals: L×H sums over n samples (one row per layer/head, plus head = −1: mean over heads)."""
-        t = totals.detach().double().cpu()
-        for layer in range(t.shape[0]):
-            for head in range(t.shape[1]):
-                self.add(branch, variant, key, layer, head, float(t[layer, head]), n)
-            self.add(branch, variant, key, layer, -1, float(t[layer].mean()), n)
-
-    def add_layers(self, branch: str, variant: str, key: str, totals: torch.Tensor, n: int) -> None:
-        """totals: L sums over n samples (head = −1)."""
-        t = totals.detach().double().cpu()
-        for layer in range(t.shape[0]):
-            self.add(branch, variant, key, layer, -1, float(t[layer]), n)
-
     def add_head_row(self, layer: int, branch: str, variant: str, key: str, values: torch.Tensor) -> None:
         """values: B×H per-sample values of one layer (adds per head and the head mean)."""
         v = values.detach().double()

@@ -3,7 +3,7 @@
     PAPER_TABLE1["eurosat"]["BIAS"]   # 86.5
     display_name("oxford_flowers")    # "OxfordFlowers"
 
-Demo datasets have no published values (``paper_row`` returns None).
+Demo datasets have no published values (no entry in ``PAPER_TABLE1``).
 """
 
 from __future__ import annotations
@@ -40,10 +40,6 @@ PAPER_TABLE1: dict[str, dict[str, float]] = {
     "ucf101": {"CLIP": 67.5, "PROMPT": 82.1, "BIAS": 83.5, "OPTIMAL": 84.2},
 }
 PAPER_AVERAGE: dict[str, float] = {"CLIP": 65.3, "PROMPT": 77.8, "BIAS": 79.5, "OPTIMAL": 80.0}
-
-
-def paper_row(dataset: str) -> dict[str, float] | None:
-    return PAPER_TABLE1.get(dataset)
 
 
 def display_name(dataset: str) -> str:
