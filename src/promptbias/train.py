@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import math
 import signal
@@ -39,13 +38,11 @@ from typing import Any
 import click
 
 from promptbias import paths
+from promptbias.checkpoint import TRAINED_IDENTITY, Checkpoint, job_identity
 from promptbias.config import RunContext
 from promptbias.errors import UserError
 from promptbias.settings import Settings
 
-# the part of a job's identity kept in params.safetensors (what was trained, on what): evaluate and probe
-# check it; the code and torch build decide only whether a checkpoint may resume
-TRAINED_IDENTITY = ("job", "params", "inputs", "backbone")
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" (see workflow/profiles/slurm for what requeues it)
 
 
@@ -118,73 +115,6 @@ def load_training_data(s: Settings, dataset: str, seed: int, clip: Any) -> Train
     return TrainingData(pictures, labels.to(clip.device), augment, s.train.batch_size, digests)
 
 
-def job_identity(s: Settings, job: Any, data: TrainingData) -> dict[str, Any]:
-    """Everything that decides the learned tensors: a checkpoint resumes only the job with this identity."""
-    import torch
-
-    from promptbias import identity
-
-    return {
-        "job": job.name,
-        "params": job.params,
-        "inputs": data.digests,
-        "backbone": identity.backbone({"name": s.model.name, "pretrained": s.model.pretrained}),
-        "code": identity.code(),
-        "torch": torch.__version__,
-    }
-
-
-class Checkpoint:
-    """``checkpoint.pt`` of one job: written after every epoch, read back only by the same job."""
-
-    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
-        self.path, self.identity = path, identity
-
-    def read(self) -> dict[str, Any] | None:
-        """The saved state when this job wrote it, else None (with a line saying why it starts over)."""
-        import torch
-
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated or foreign: RuntimeError, EOFError, UnpicklingError, …
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-            click.echo(f"warning: {self.path}: unreadable checkpoint ({reason}) — starting over", err=True)
-            return None
-        saved = json.loads(state["identity"]) if isinstance(state, dict) and "identity" in state else None
-        if saved != self.identity:
-            from promptbias.identity import differences
-
-            why = (
-                ", ".join(differences(saved, self.identity)[:4]) if isinstance(saved, dict) else "no identity"
-            )
-            click.echo(f"{self.path}: written by another job (differs in: {why}) — starting over", err=True)
-            return None
-        return state
-
-    def write(self, method: Any, optimizer: Any, epoch: int, history: list[dict], status: str) -> None:
-        import torch
-
-        from promptbias.io import atomic_path
-
-        state = {
-            "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": json.dumps(history),
-            "identity": json.dumps(self.identity, sort_keys=True),
-            "status": status,
-        }
-        buffer = io.BytesIO()  # serialise first: a full disk then fails as OSError(ENOSPC) in the write
-        torch.save(state, buffer)
-        with atomic_path(self.path, suffix=".pt") as tmp:
-            tmp.write_bytes(buffer.getvalue())
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 class _SigtermFlag:
     """SIGTERM (SLURM preemption) sets a flag that the epoch loop checks between steps."""
 
@@ -216,7 +146,6 @@ def train_run(
     import torch
 
     from promptbias.io import provenance, remove_stale_temps, write_json
-    from promptbias.methods import build_method
     from promptbias.model.precision import autocast, precision_name
     from promptbias.runs import dataset_info, load_backbone
 
@@ -235,26 +164,10 @@ def train_run(
     ds = dataset_info(cfg, dataset)
     data = load_training_data(s, dataset, seed, clip)
     identity = job_identity(s, job, data)
-    extra = {"init_seed": seed} if m.kind == "prompt" else {}
-    method = build_method(m.kind, clip, ds.classnames, ds.template, **m.hparams, **extra)
-    optimizer = torch.optim.SGD(
-        [p for p in method.parameters() if p.requires_grad],
-        lr=s.train.warmup_lr,
-        momentum=s.train.momentum,
-        weight_decay=s.train.weight_decay,
-    )
-    schedule = Schedule(m.lr, s.train.epochs, s.train.warmup_epochs, s.train.warmup_lr)
+    method, optimizer, schedule = _build(s, m, clip, ds, seed)
     epochs = s.train.epochs
     checkpoint = Checkpoint(out / paths.CHECKPOINT, identity)
-    history: list[dict[str, Any]] = []
-    start_epoch, status = 0, "ok"
-    state = checkpoint.read()
-    if state is not None:
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = json.loads(state["history"])
-        start_epoch, status = int(state["epoch"]) + 1, state["status"]
-        click.echo(f"resuming {out} after epoch {start_epoch}/{epochs}", err=True)
+    history, start_epoch, status = _resume(checkpoint, method, optimizer, out, epochs)
 
     precision = s.model.precision
     fixed_text = None
@@ -309,6 +222,37 @@ def train_run(
     write_json(out / paths.TRAIN_RECORD, record)  # last: its presence means the job is complete
     checkpoint.remove()  # done: a forced rerun must retrain, not resume
     return record
+
+
+def _build(s: Settings, m: Any, clip: Any, ds: Any, seed: int) -> tuple[Any, Any, Schedule]:
+    """The method (prompts initialised from the run seed), its SGD optimizer and the lr schedule."""
+    import torch
+
+    from promptbias.methods import build_method
+
+    extra = {"init_seed": seed} if m.kind == "prompt" else {}
+    method = build_method(m.kind, clip, ds.classnames, ds.template, **m.hparams, **extra)
+    optimizer = torch.optim.SGD(
+        [p for p in method.parameters() if p.requires_grad],
+        lr=s.train.warmup_lr,
+        momentum=s.train.momentum,
+        weight_decay=s.train.weight_decay,
+    )
+    return method, optimizer, Schedule(m.lr, s.train.epochs, s.train.warmup_epochs, s.train.warmup_lr)
+
+
+def _resume(
+    checkpoint: Checkpoint, method: Any, optimizer: Any, out: Path, epochs: int
+) -> tuple[list[dict[str, Any]], int, str]:
+    """(history, first epoch to run, status): from this job's checkpoint, else a fresh start."""
+    state = checkpoint.read()
+    if state is None:
+        return [], 0, "ok"
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    start_epoch = int(state["epoch"]) + 1
+    click.echo(f"resuming {out} after epoch {start_epoch}/{epochs}", err=True)
+    return json.loads(state["history"]), start_epoch, state["status"]
 
 
 def _train_epoch(

@@ -228,10 +228,10 @@ def _load_items(root: Path, items: list[list[Any]], size: int) -> tuple[torch.Te
 
 @torch.no_grad()
 def _image_features(clip: Any, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    mean = torch.tensor(clip.mean).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std).view(1, 3, 1, 1)
+    from promptbias.data.images import normalize
+
     feats = [
-        F.normalize(clip.model.encode_image((images[i : i + batch].float() / 255.0 - mean) / std), dim=-1)
+        F.normalize(clip.model.encode_image(normalize(images[i : i + batch], clip.mean, clip.std)), dim=-1)
         for i in range(0, len(images), batch)
     ]
     return torch.cat(feats)  # N×E

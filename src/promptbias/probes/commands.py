@@ -98,7 +98,6 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
         labels=labels,
         ids=ids,
         settings=settings,
-        normalize=lambda x: data_images.normalize(x, clip.mean, clip.std),
     )
     t0 = time.perf_counter()
     result = get_probe(kind).run(pctx)

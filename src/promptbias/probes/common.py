@@ -13,7 +13,7 @@ A probe module only turns captured tensors into numbers; everything that is the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,6 @@ class ProbeContext:
     labels: torch.Tensor  # N long
     ids: list[str]
     settings: ProbeSettings = field(default_factory=ProbeSettings)
-    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch → float batch
 
     @property
     def model(self) -> torch.nn.Module:
@@ -79,12 +78,9 @@ class ProbeContext:
 
     def prepare(self, uint8: torch.Tensor) -> torch.Tensor:
         """uint8 B×3×S×S → normalised float32 on the device."""
-        x = uint8.to(self.device)
-        if self.normalize is not None:
-            return self.normalize(x)
-        m = torch.as_tensor(self.clip.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        s = torch.as_tensor(self.clip.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return (x.float() / 255.0 - m) / s
+        from promptbias.data.images import normalize
+
+        return normalize(uint8.to(self.device), self.clip.mean, self.clip.std)
 
     def batches(self, limit: int | None = None) -> Iterator[Batch]:
         n = len(self.ids) if limit is None else min(limit, len(self.ids))
