@@ -132,7 +132,7 @@ register_method_info(
                 "ctx_init": {"type": ["string", "null"]},
             },
         },
-        id_pattern=r"prompt-d[0-9]+-n[0-9]+",  # the sensitivity grid: depth × number of tokens
+        id_pattern=r"prompt-d(?P<depth>[0-9]+)-n(?P<n>[0-9]+)",  # the sensitivity grid: depth × tokens
     )
 )
 register_method_info(

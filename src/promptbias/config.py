@@ -27,7 +27,6 @@ import yaml
 from promptbias.errors import UserError
 
 SCHEMA_RESOURCE = "schemas/params.schema.yaml"
-_GRID_METHOD = re.compile(r"^prompt-d(?P<depth>\d+)-n(?P<n>\d+)$")
 
 
 @functools.cache
@@ -43,7 +42,10 @@ def params_schema() -> dict[str, Any]:
         required=sorted(methods),
         properties={kind: info.schema for kind, info in methods.items()},
     )
-    ids = [re.escape(kind) for kind in methods] + [i.id_pattern for i in methods.values() if i.id_pattern]
+    patterns = [
+        re.sub(r"\(\?P<\w+>", "(", i.id_pattern) for i in methods.values() if i.id_pattern
+    ]  # plain groups
+    ids = [re.escape(kind) for kind in methods] + patterns
     schema["$defs"]["method_name"]["pattern"] = f"^({'|'.join(ids)})$"
     schema["properties"]["probes"]["properties"]["kinds"]["items"]["enum"] = sorted(probes)
     return schema
@@ -174,13 +176,15 @@ def method_trains(method_id: str) -> bool:
 def method_settings(cfg: dict[str, Any], method_id: str) -> tuple[str, dict[str, Any]]:
     """The method kind and the hyper-parameters its class takes (grid ids override depth and token
     counts); the learning rate is the trainer's (:func:`method_lr`)."""
-    kind = method_kind(method_id)
-    settings = {k: v for k, v in cfg["methods"].get(kind, {}).items() if k != "lr"}
-    grid = _GRID_METHOD.match(method_id)
-    if grid:
+    from promptbias.catalog import method_info
+
+    info = method_info(method_id)
+    settings = {k: v for k, v in cfg["methods"].get(info.kind, {}).items() if k != "lr"}
+    grid = re.fullmatch(info.id_pattern, method_id) if info.id_pattern else None
+    if grid:  # the catalog's grid pattern names the depth and the number of tokens
         depth, n = int(grid["depth"]), int(grid["n"])
         settings.update(depth_text=depth, depth_vision=depth, n_ctx_text=n, n_ctx_vision=n)
-    return kind, settings
+    return info.kind, settings
 
 
 def method_lr(cfg: dict[str, Any], method_id: str) -> float:

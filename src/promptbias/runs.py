@@ -114,11 +114,9 @@ def check_trained_for(
     if not check_splits:
         return
     root, shots = cfg["data"]["root"], cfg["data"]["shots"]
-    current = {
-        "raw_split": identity.sha256_file(paths.raw_json(root, dataset)),
-        "fewshot_split": identity.sha256_file(paths.split_json(root, dataset, shots, seed)),
-    }
-    for key, digest in current.items():
+    from promptbias.data.splits import split_digests
+
+    for key, digest in split_digests(root, dataset, shots, seed).items():
         if saved.get("inputs", {}).get(key) != digest:
             which = (
                 paths.raw_json(root, dataset)

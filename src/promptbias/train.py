@@ -104,8 +104,7 @@ def load_training_data(s: Settings, dataset: str, seed: int, clip: Any) -> Train
         )
     rels = [str(item[0]) for item in fewshot["train"]]
     digests = {
-        "raw_split": identity.sha256_file(paths.raw_json(root, dataset)),
-        "fewshot_split": identity.sha256_file(paths.split_json(root, dataset, shots, seed)),
+        **splits.split_digests(root, dataset, shots, seed),
         "train_images": identity.listing_digest(
             rels, identity.sha256_files(paths.raw_dir(root, dataset), rels)
         ),

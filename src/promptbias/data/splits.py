@@ -67,6 +67,16 @@ def _read(path: Path, remake: str) -> dict[str, Any]:
     return data
 
 
+def split_digests(root: Path | str, dataset: str, shots: int, seed: int) -> dict[str, str]:
+    """The sha256 of the normalised split and of the few-shot split a training job reads."""
+    from promptbias.identity import sha256_file
+
+    return {
+        "raw_split": sha256_file(paths.raw_json(root, dataset)),
+        "fewshot_split": sha256_file(paths.split_json(root, dataset, shots, seed)),
+    }
+
+
 def load_fewshot(
     root: Path | str, dataset: str, shots: int, seed: int, split: dict[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -63,12 +63,12 @@ def dvc_stages(pipe: Pipeline) -> dict[str, Any]:
     return stages
 
 
-def dvc_yaml_text(pipe: Pipeline) -> str:
+def dvc_yaml_text(pipe: Pipeline, stages: dict[str, Any] | None = None) -> str:
     head = (
         f"{HEADER}\n# params: {' + '.join(pipe.params_files)} — regenerate with: "
         f"{regenerate_command(pipe.params_files)}\n"
     )
-    doc = {"params": list(pipe.params_files), "stages": dvc_stages(pipe)}
+    doc = {"params": list(pipe.params_files), "stages": dvc_stages(pipe) if stages is None else stages}
     return head + yaml.safe_dump(doc, sort_keys=False, width=200, allow_unicode=True)
 
 
@@ -181,9 +181,8 @@ def dvc_yaml_command(ctx: Any, check: bool, output: str) -> None:
             "dvc-yaml: --set is not supported — put the value in a params file and pass it with --params"
         )
     pipe = Pipeline.from_files(ctx.params_files)
-    text = dvc_yaml_text(pipe)
-    target = Path(output)
-    n_stages = len(dvc_stages(pipe))
+    stages = dvc_stages(pipe)
+    text, target, n_stages = dvc_yaml_text(pipe, stages), Path(output), len(stages)
     if check:
         try:
             check_fresh(pipe, target)
