@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -28,8 +29,12 @@ def toy_plugin(monkeypatch):
     catalog.load_plugins.cache_clear()
     config.params_schema.cache_clear()
     yield
-    for registry in (catalog.METHOD_INFO, catalog.PROBE_INFO):
+    from promptbias.methods.base import METHODS
+    from promptbias.probes.registry import PROBES
+
+    for registry in (catalog.METHOD_INFO, catalog.PROBE_INFO, METHODS, PROBES):  # gone for later tests
         registry.pop("toyshift", None), registry.pop("toy_norms", None)
+    sys.modules.pop("tests.toy_plugin", None)
     catalog.load_plugins.cache_clear()
     config.params_schema.cache_clear()
 
