@@ -28,13 +28,13 @@ from promptbias.errors import UserError
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike, fix: str = "run the stage that writes it") -> str:
-    """The sha256 of a file's bytes (hex); a missing file is a UserError ending with ``fix``."""
+def sha256_file(path: str | os.PathLike, missing: str = "missing — run the stage that writes it") -> str:
+    """The sha256 of a file's bytes (hex); a missing file is the UserError ``<path>: <missing>``."""
     try:
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
     except FileNotFoundError:
-        raise UserError(f"{path}: missing — {fix}") from None
+        raise UserError(f"{path}: {missing}") from None
 
 
 def sha256_files(
@@ -45,7 +45,7 @@ def sha256_files(
     workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
 
     def one(rel: str) -> str:
-        return sha256_file(folder / rel, fix="an image of the dataset: re-fetch it")
+        return sha256_file(folder / rel, missing="image file missing — re-fetch the dataset")
 
     if workers == 1 or len(rel_paths) < 64:
         return [one(rel) for rel in rel_paths]
