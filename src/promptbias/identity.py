@@ -25,8 +25,6 @@ from typing import Any
 
 from promptbias.errors import UserError
 
-_CHUNK = 1 << 20
-
 
 def sha256_file(path: str | os.PathLike, missing: str = "missing — run the stage that writes it") -> str:
     """The sha256 of a file's bytes (hex); a missing file is the UserError ``<path>: <missing>``."""

@@ -84,7 +84,7 @@ class Settings:
     data: DataSettings
     train: TrainSettings
     demo: DemoSettings
-    _methods: MappingProxyType[str, Any]
+    methods: MappingProxyType[str, Any]  # the methods section (per-kind hyper-parameters): see method()
 
     @classmethod
     def of(cls, cfg: dict[str, Any]) -> Settings:
@@ -98,11 +98,11 @@ class Settings:
             data=DataSettings(**cfg["data"]),
             train=TrainSettings(**{**cfg["train"], "crop_scale": tuple(cfg["train"]["crop_scale"])}),
             demo=DemoSettings(**{**demo, "eval_datasets": tuple(demo["eval_datasets"])}),
-            _methods=MappingProxyType({"methods": cfg["methods"]}),
+            methods=MappingProxyType(cfg["methods"]),
         )
 
     def method(self, method_id: str) -> MethodSettings:
-        cfg = {"methods": self._methods["methods"]}
+        cfg = {"methods": dict(self.methods)}
         kind, hparams = method_settings(cfg, method_id)
         lr = method_lr(cfg, method_id) if method_trains(method_id) else None
         return MethodSettings(method_id, kind, lr, MappingProxyType(hparams))
