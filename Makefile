@@ -1,13 +1,14 @@
 # promptbias — the two commands of the Quick start, plus helpers.
 #   make demo   set up .venv if missing, then run the whole offline demo DAG through Snakemake
 #   make test   set up .venv if missing, then run the test suite
+#   make mutants  check that the tests catch a curated list of planted bugs (not part of make test)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.promptbias-installed
 CORES ?= all
 
-.PHONY: setup test demo lint fmt bench clean-demo
+.PHONY: setup test demo lint fmt bench mutants clean-demo
 
 setup: $(STAMP)
 
@@ -37,6 +38,10 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format src tests bench
 	$(VENV)/bin/ruff check --fix src tests bench
+
+# Plant curated one-line bugs one at a time and check the tests catch each (tests/mutants.py; ~10 min).
+mutants: $(STAMP)
+	$(PY) tests/mutants.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from promptbias import devices
+from tests.reliability.helpers import wait_for
 
 HOLDER = r"""
 import json, os, sys, time
@@ -19,10 +20,15 @@ from pathlib import Path
 from promptbias.devices import claim_gpu_slot
 lock_dir, out, hold = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 slot = claim_gpu_slot(lock_dir, poll_s=0.05)
-start = time.monotonic()
-print("claimed", slot, flush=True)
+witness = out.parent / f"holding-{slot}"
+try:  # exclusion is witnessed: a second holder of this slot cannot create the file
+    os.close(os.open(witness, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+except FileExistsError:
+    sys.exit(3)
+out.with_name(out.name + ".claimed").touch()
 time.sleep(hold)
-out.write_text(json.dumps({"slot": slot, "cvd": os.environ["CUDA_VISIBLE_DEVICES"], "start": start, "end": time.monotonic()}))
+os.unlink(witness)
+out.write_text(json.dumps({"slot": slot, "cvd": os.environ["CUDA_VISIBLE_DEVICES"]}))
 """
 
 
@@ -32,62 +38,43 @@ def _env(visible: str) -> dict[str, str]:
     return env
 
 
+def _claim_now(lock_dir: Path, visible: str) -> str:
+    code = f"from promptbias.devices import claim_gpu_slot as c; print(c({str(lock_dir)!r}, wait=False))"
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=_env(visible), capture_output=True, text=True, check=True
+    )
+    return res.stdout.strip()
+
+
 def test_eight_jobs_on_four_slots_never_share(tmp_path):
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(tmp_path / "locks"), str(tmp_path / f"job{i}.json"), "0.6"],
+            [sys.executable, "-c", HOLDER, str(tmp_path / "locks"), str(tmp_path / f"job{i}.json"), "0.3"],
             env=_env("0,1,2,3"),
             stdout=subprocess.DEVNULL,
         )
         for i in range(8)
     ]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert [p.wait(timeout=300) for p in procs] == [0] * 8  # 3: two holders of one slot at once
     runs = [json.loads((tmp_path / f"job{i}.json").read_text()) for i in range(8)]
     assert {r["slot"] for r in runs} <= {0, 1, 2, 3}
     for r in runs:
         assert r["cvd"] == str(r["slot"])  # each job sees exactly its GPU
-    for a in runs:
-        for b in runs:
-            if a is not b and a["slot"] == b["slot"]:
-                assert a["end"] <= b["start"] or b["end"] <= a["start"], "two jobs held one GPU at once"
 
 
 def test_slot_of_a_killed_process_is_free_again(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path), str(tmp_path / "never.json"), "60"],
+        [sys.executable, "-c", HOLDER, str(tmp_path), str(tmp_path / "never.json"), "600"],
         env=_env("7"),
-        stdout=subprocess.PIPE,
-        text=True,
+        stdout=subprocess.DEVNULL,
     )
     try:
-        assert proc.stdout.readline().split() == ["claimed", "0"]
-        busy = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                f"from promptbias.devices import claim_gpu_slot as c; print(c({str(tmp_path)!r}, wait=False))",
-            ],
-            env=_env("7"),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert busy.stdout.strip() == "None"  # taken
+        assert wait_for((tmp_path / "never.json.claimed").exists, proc, timeout=300)
+        assert _claim_now(tmp_path, "7") == "None"  # taken
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    free = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"from promptbias.devices import claim_gpu_slot as c; print(c({str(tmp_path)!r}, wait=False))",
-        ],
-        env=_env("7"),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert free.stdout.strip() == "0"
+    assert _claim_now(tmp_path, "7") == "0"
 
 
 def test_cpu_only_machine_gets_none(tmp_path, monkeypatch):

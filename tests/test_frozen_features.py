@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from promptbias import evaluate
-from tests.workspace import Workspace
+from tests.workspace import Workspace, strict_json
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,7 @@ def workspace(tmp_path_factory):
 
 
 def _per_class(ws: Workspace, method: str, seed: int) -> list:
-    return json.loads((ws.path / f"metrics/demo_shapes/{method}/seed{seed}.per_class.json").read_text())[
-        "accuracy"
-    ]
+    return strict_json(ws.path / f"metrics/demo_shapes/{method}/seed{seed}.per_class.json")["accuracy"]
 
 
 def _no_test_set(real):

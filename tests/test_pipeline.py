@@ -44,6 +44,24 @@ def test_dvc_yaml_check_fails_in_one_line_when_stale(tmp_path, monkeypatch):
     assert len(res.output.strip().splitlines()) == 1 and "stale" in res.output
 
 
+def test_the_train_stage_tracks_every_key_training_reads():
+    pipe = _pipe(DEMO)
+    job = pipe.job("train", {"dataset": "demo_shapes", "method": "bias", "seed": 1})
+    tracked = _leaf_keys(pipe.cfg, job.params)
+    # the whole train section but the evaluation batch (which the evaluate stage tracks)
+    assert {f"train.{k}" for k in pipe.cfg["train"]} - {"train.eval_batch_size"} <= tracked
+    assert {
+        "model.name",
+        "model.pretrained",
+        "model.precision",
+        "device",
+        "cpu_threads",
+        "data.shots",
+    } <= tracked
+    assert {f"methods.bias.{k}" for k in pipe.cfg["methods"]["bias"]} <= tracked
+    assert not any(k.startswith(("slurm.", "render.", "probes.")) for k in tracked)
+
+
 def test_paper_config_plans_every_dataset_method_seed():
     pipe = _pipe()
     cfg = pipe.cfg

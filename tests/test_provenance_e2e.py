@@ -24,6 +24,7 @@ import yaml
 from workflow_helpers import REPO, git_dvc_repo, project_copy, run
 
 from promptbias.pipeline import Pipeline
+from tests.workspace import strict_json
 
 pytestmark = pytest.mark.slow
 DEMO_FILES = ("params.yaml", "config/demo.yaml", "config/demo-fast.yaml")  # the CI-sized demo
@@ -98,7 +99,7 @@ def _assert_records_state(proj: Path, value: float, lock: dict | None = None) ->
     """train.json, the metrics sidecar (and dvc.lock) all name ``value`` for bias's lr, for every dataset."""
     for ds in ("demo_shapes", "demo_aerial"):
         train = json.loads((proj / f"runs/{ds}/bias/seed1/train.json").read_text())
-        side = json.loads((proj / f"metrics/{ds}/bias/seed1.per_class.json").read_text())
+        side = strict_json(proj / f"metrics/{ds}/bias/seed1.per_class.json")
         assert (
             train["params"]["methods.bias"]["lr"]
             == value
@@ -187,7 +188,7 @@ def test_same_bits_from_every_engine(walkthrough, snakemake_project, driver_repo
 def test_snakemake_demo_dag_ends_with_the_report_and_leaves_nothing_to_do(snakemake_project):
     proj = snakemake_project
     assert (proj / "results/report.html").stat().st_size > 0
-    summary = json.loads((proj / "metrics/summary.json").read_text())
+    summary = strict_json(proj / "metrics/summary.json")
     assert {"demo_shapes/zeroshot", "demo_shapes/prompt", "demo_shapes/bias"} <= set(summary["runs"])
     res = run(["snakemake", "report_html", "-n", "--cores", "2", *CONFIGFILES], proj)
     assert "Nothing to be done" in res.stdout + res.stderr

@@ -23,6 +23,7 @@ from promptbias.cli import cli
 from promptbias.config import grid_method_ids, load_params
 from promptbias.render import expected_outputs
 from promptbias.render.paper import PAPER_TABLE1
+from tests.workspace import strict_json
 
 REPO = Path(__file__).resolve().parents[1]
 L, H, G, P = 3, 2, 4, 1  # layers, heads, patch grid side, vision prompts (small: fast figures)
@@ -206,7 +207,7 @@ def test_every_expected_output_exists_and_is_not_empty(demo):
 
 def test_table1_numbers_equal_the_aggregated_metrics(demo):
     tmp, _, _, _ = demo
-    summary = json.loads((tmp / "metrics/summary.json").read_text())
+    summary = strict_json(tmp / "metrics/summary.json")
     runs, best = summary["runs"], summary["optimal"]
     t = pd.read_csv(tmp / "results/tables/table1.csv", keep_default_na=False, na_values=[""])
     rows = t.set_index("dataset")

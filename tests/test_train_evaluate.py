@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import math
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 
 from promptbias.aggregate import mean_std_ci, optimal, summarise
 from promptbias.evaluate import accuracy_report
-from promptbias.train import Schedule
-from tests.workspace import Workspace
+from promptbias.train import Schedule, epoch_generator
+from tests.workspace import Workspace, strict_json
 
 TRAIN_BIAS = ("train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1")
 
@@ -23,7 +24,7 @@ def workspace(tmp_path_factory):
 
 
 def _metrics(ws: Workspace, method: str, seed: int = 1) -> dict:
-    return json.loads((ws.path / "metrics" / "demo_shapes" / method / f"seed{seed}.json").read_text())
+    return strict_json(ws.path / "metrics" / "demo_shapes" / method / f"seed{seed}.json")
 
 
 def test_schedule_matches_the_reference_formula():
@@ -35,6 +36,16 @@ def test_schedule_matches_the_reference_formula():
     # the reference's IVLP 2+2 example: η=0.0035, T=5 → 1e-5, 3.50e-3, 3.17e-3, 2.29e-3, 1.21e-3
     ivlp = Schedule(lr=0.0035, epochs=5)
     assert [round(ivlp(e), 5) for e in range(5)] == [0.00001, 0.0035, 0.00317, 0.00229, 0.00121]
+
+
+def test_each_epoch_draws_its_own_order_and_a_resumed_epoch_draws_it_again():
+    def order(seed: int, epoch: int) -> list[int]:
+        return torch.randperm(64, generator=epoch_generator(seed, epoch)).tolist()
+
+    epochs = [order(1, e) for e in range(4)]
+    assert len({tuple(o) for o in epochs}) == 4  # a new shuffle (and augmentation stream) each epoch
+    assert order(1, 2) == epochs[2]  # from (seed, epoch) alone: a resumed epoch sees the same batches
+    assert order(2, 0) != epochs[0]  # and seeds differ
 
 
 def test_accuracy_report_micro_macro_per_class():
@@ -107,7 +118,7 @@ def test_train_evaluate_same_seed_gives_identical_metrics(workspace, tmp_path):
     assert (a.path / "runs/demo_shapes/prompt/seed1/dvclive").is_dir()
     for key in ("accuracy", "macro_accuracy", "val_accuracy", "n_test", "status"):
         assert key in ma
-    per_class = json.loads((a.path / "metrics/demo_shapes/prompt/seed1.per_class.json").read_text())
+    per_class = strict_json(a.path / "metrics/demo_shapes/prompt/seed1.per_class.json")
     assert len(per_class["accuracy"]) == ma["n_classes"]
 
 
@@ -143,19 +154,21 @@ def test_kill_after_an_epoch_then_resume_matches_uninterrupted(workspace, tmp_pa
 
 def test_sigterm_checkpoints_and_exits_for_requeue(workspace, tmp_path):
     ws = workspace.copy(tmp_path / "term")
-    # SIGTERM arrives while the second checkpoint is being written (the preemption signal of SLURM)
-    proc = ws.popen(
-        "--set",
-        "train.epochs=50",
-        *TRAIN_BIAS,
-        fault="checkpoint.pt:term:2",
-    )
-    ckpt = ws.path / "runs/demo_shapes/bias/seed1/checkpoint.pt"
-    out, _ = proc.communicate(timeout=120)
+    # SIGTERM arrives while the second checkpoint is being written (the preemption signal of SLURM):
+    # that checkpoint completes, the job stops before epoch 3 and asks to be requeued
+    proc = ws.popen("--set", "train.epochs=4", *TRAIN_BIAS, fault="checkpoint.pt:term:2")
+    run = ws.path / "runs/demo_shapes/bias/seed1"
+    out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 75, out
-    assert "preempted" in out
-    state = torch.load(ckpt, weights_only=True)
-    assert state["epoch"] >= 0
+    assert f"preempted: checkpointed {Path('runs/demo_shapes/bias/seed1')} after epoch 2" in out
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(json.loads(state["history"])) == 2
+    assert not (run / "params.safetensors").exists() and not (run / "train.json").exists()
+    resumed = ws.run("--set", "train.epochs=4", *TRAIN_BIAS)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming runs/demo_shapes/bias/seed1 after epoch 2/4" in resumed.stderr
+    train = json.loads((run / "train.json").read_text())
+    assert [h["epoch"] for h in train["history"]] == [1, 2, 3, 4]
 
 
 def test_non_finite_loss_is_recorded_as_diverged(workspace, tmp_path):

@@ -7,6 +7,7 @@ ws.run("train", ...)                                                            
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -90,6 +91,16 @@ class Workspace:
         return subprocess.Popen(
             cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
+
+
+def strict_json(path: Path) -> object:
+    """Parse ``path`` as strict JSON: Python's lenient ``NaN``/``Infinity`` literals are an error, as they are
+    for DVC, jq and every other JSON reader of the metrics."""
+
+    def refuse(literal: str) -> None:
+        raise ValueError(f"{path}: non-standard JSON literal {literal}")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
 
 
 def _dvc_init(path: Path) -> None:

@@ -16,7 +16,9 @@ Fault injection (for tests/reliability only; unset in normal use): ``PROMPTBIAS_
 makes the ``n``-th (default 1st) ``atomic_path`` write in this process whose target path contains
 ``substring`` fail right before ``os.replace`` — after the temporary file is complete and synced.
 Actions: ``kill`` (SIGKILL this process), ``term`` (SIGTERM to this process, then carry on),
-``enospc`` (raise ``OSError(ENOSPC)``, as a full disk would). Long loops also pass named points through
+``enospc`` (raise ``OSError(ENOSPC)``, as a full disk would), ``hold`` (write this process's pid to the
+file named by ``PROMPTBIAS_FAULT_MARK`` and wait there until a signal ends it: a test then interrupts
+a job that is provably mid-way, whatever the machine's load). Long loops also pass named points through
 the same hook (:func:`fault_point`, e.g. training's ``<run dir>/epoch3-step2``), so a test can interrupt
 a job at an exact step instead of racing it with a timer.
 """
@@ -27,6 +29,7 @@ import contextlib
 import errno
 import glob
 import json
+import math
 import os
 import platform
 import signal
@@ -40,6 +43,7 @@ from typing import Any
 from promptbias.errors import UserError
 
 FAULT_ENV = "PROMPTBIAS_FAULT"
+FAULT_MARK_ENV = "PROMPTBIAS_FAULT_MARK"
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _fault_hits = 0  # matching atomic_path writes seen in this process (for the n-th write)
 
@@ -65,8 +69,14 @@ def _inject_fault(target: Path) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    elif action == "hold":
+        mark = Path(os.environ[FAULT_MARK_ENV])
+        mark.with_name(mark.name + ".tmp").write_text(f"{os.getpid()}\n")
+        os.replace(mark.with_name(mark.name + ".tmp"), mark)  # the mark appears whole
+        while True:  # until a signal ends the process (SIGTERM's handler in training returns: keep waiting)
+            signal.pause()
     else:
-        raise ValueError(f"{FAULT_ENV}: unknown action {action!r} (kill | term | enospc)")
+        raise ValueError(f"{FAULT_ENV}: unknown action {action!r} (kill | term | enospc | hold)")
 
 
 def fault_point(label: str) -> None:
@@ -147,7 +157,23 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 
 def write_json(target: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    write_text(target, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (RFC 8259): a NaN or infinite number is written as ``null`` — what DVC, jq and every
+    other JSON reader accept — never as Python's ``NaN`` literal."""
+    text = json.dumps(_finite(obj), indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+    write_text(target, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (containers rebuilt, other values kept)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, str):
+        return _finite(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -182,7 +182,7 @@ def train_run(
             if status != "ok":
                 break
             record = _train_epoch(
-                method, clip, data, optimizer, schedule(epoch), epoch, seed, precision, fixed_text, sigterm,
+                method, clip, data, optimizer, schedule, epoch, seed, precision, fixed_text, sigterm,
                 label=f"{dataset}/{method_id}/seed{seed} epoch {epoch + 1}/{epochs}",
                 fault_label=f"{out}/epoch{epoch + 1}",  # fault points …/epoch3.step2.
                 progress=progress,
@@ -259,7 +259,7 @@ def _train_epoch(
     clip: Any,
     data: TrainingData,
     optimizer: Any,
-    lr: float,
+    schedule: Schedule,
     epoch: int,
     seed: int,
     precision: str,
@@ -269,7 +269,7 @@ def _train_epoch(
     fault_label: str,
     progress: bool,
 ) -> dict[str, Any] | None:
-    """One epoch at learning rate ``lr``; its record, or None when the loss became non-finite (the
+    """One epoch at the schedule's learning rate; its record, or None when the loss became non-finite (the
     method's parameters are then restored to the start of the epoch)."""
     import torch
 
@@ -277,6 +277,7 @@ def _train_epoch(
     from promptbias.io import fault_point
     from promptbias.model.precision import autocast
 
+    lr = schedule(epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr
     gen = epoch_generator(seed, epoch)

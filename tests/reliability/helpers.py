@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.workspace import Workspace
+from tests.workspace import Workspace, strict_json
 
 # keys whose values are wall-clock measurements (differ between any two runs, interrupted or not)
 TIMING_KEYS = frozenset(
@@ -126,7 +125,7 @@ def assert_outputs_parse(root: Path, folders: tuple[str, ...] = ("runs", "metric
                 continue
             try:
                 if path.suffix == ".json":
-                    json.loads(path.read_text())
+                    strict_json(path)
                 elif path.suffix == ".safetensors":
                     load_file(str(path))
                 elif path.suffix == ".pt":

@@ -4,6 +4,11 @@ Eight jobs compete for four fake GPUs (``CUDA_VISIBLE_DEVICES=0,1,2,3``); two of
 while they hold a slot. Every job must see exactly one GPU, no two jobs may hold the same GPU at the same
 time, and the slots of the killed jobs must be free again (the remaining jobs all finish, and a
 non-blocking claim succeeds afterwards).
+
+Nothing here depends on timing. A job holds its slot until the test opens a gate file, so the test
+knows which jobs hold slots and which wait. Exclusion is witnessed, not inferred from clocks: a holder
+creates ``holding/<gpu>`` with O_EXCL on start (a second holder of that GPU fails to create it and exits
+3) and removes it before it lets go of the slot.
 """
 
 from __future__ import annotations
@@ -13,20 +18,27 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.reliability.helpers import wait_for
 
 JOB = r"""
 import json, os, sys, time
-out, hold = sys.argv[1], float(sys.argv[2])
-start = time.monotonic()
-with open(out + ".started", "w") as fh:
-    json.dump({"cvd": os.environ["CUDA_VISIBLE_DEVICES"], "start": start, "pid": os.getpid()}, fh)
-time.sleep(hold)
-with open(out, "w") as fh:
-    json.dump({"cvd": os.environ["CUDA_VISIBLE_DEVICES"], "start": start, "end": time.monotonic()}, fh)
+from pathlib import Path
+out, witness_dir, gate = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+cvd = os.environ["CUDA_VISIBLE_DEVICES"]
+try:
+    witness = os.open(witness_dir / cvd, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+except FileExistsError:
+    sys.exit(3)  # another job holds this GPU right now
+os.write(witness, str(os.getpid()).encode())
+tmp = out.with_name(out.name + ".tmp")
+tmp.write_text(json.dumps({"cvd": cvd, "pid": os.getpid()}))
+os.replace(tmp, out.with_name(out.name + ".started"))
+while not gate.exists():
+    time.sleep(0.01)
+os.unlink(witness_dir / cvd)
+out.write_text(json.dumps({"cvd": cvd}))
 """
 
 
@@ -36,12 +48,13 @@ def _env(visible: str) -> dict[str, str]:
     return env
 
 
-def _slot_job(lock_dir: Path, out: Path, hold: float, visible: str) -> subprocess.Popen[str]:
+def _slot_job(lock_dir: Path, out: Path, gate: Path, visible: str) -> subprocess.Popen[str]:
+    witness = out.parent / "holding"
+    witness.mkdir(exist_ok=True)
     argv = [sys.executable, "-m", "promptbias.cli", "gpu-slot", "--lock-dir", str(lock_dir), "--"]
-    argv += [sys.executable, "-c", JOB, str(out), str(hold)]
-    return subprocess.Popen(
-        argv, env=_env(visible), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    argv += [sys.executable, "-c", JOB, str(out), str(witness), str(gate)]
+    err = open(out.with_name(out.name + ".stderr"), "w")  # noqa: SIM115 — the child owns it
+    return subprocess.Popen(argv, env=_env(visible), stdout=subprocess.DEVNULL, stderr=err, text=True)
 
 
 def _claim_now(lock_dir: Path, visible: str) -> str:
@@ -52,53 +65,74 @@ def _claim_now(lock_dir: Path, visible: str) -> str:
     return res.stdout.strip()
 
 
-def test_eight_jobs_four_slots_never_share_and_killed_slots_free_up(tmp_path: Path) -> None:
-    locks = tmp_path / "locks"
-    jobs = [_slot_job(locks, tmp_path / f"job{i}.json", 1.0, "0,1,2,3") for i in range(8)]
-    started = [tmp_path / f"job{i}.json.started" for i in range(8)]
-    # kill the first two jobs that get a slot, while they hold it
-    victims: dict[int, float] = {}  # job → when it was killed
-    assert wait_for(lambda: sum(p.exists() for p in started) >= 2, timeout=120)
-    for i, marker in enumerate(started):
-        if marker.exists() and len(victims) < 2:
-            os.kill(jobs[i].pid, signal.SIGKILL)  # gpu-slot exec'd the job: this pid holds the lock
-            jobs[i].wait(timeout=60)
-            victims[i] = time.monotonic()
-    for i, proc in enumerate(jobs):
-        rc = proc.wait(timeout=300)
-        assert rc == (-signal.SIGKILL if i in victims else 0), (i, rc, proc.stderr.read())
+def _started(tmp: Path, jobs: range) -> dict[int, dict]:
+    """Job → its start record, for the jobs that have started (got a slot)."""
+    markers = {i: tmp / f"job{i}.json.started" for i in jobs}
+    return {i: json.loads(m.read_text()) for i, m in markers.items() if m.exists()}
 
-    spans = []
-    for i in range(8):
-        if i in victims:  # a killed job held its slot from its start until it died
-            rec = json.loads(started[i].read_text())
-            spans.append((rec["cvd"], rec["start"], victims[i]))
-        else:
-            rec = json.loads((tmp_path / f"job{i}.json").read_text())
-            spans.append((rec["cvd"], rec["start"], rec["end"]))
-    assert all(cvd in {"0", "1", "2", "3"} for cvd, _, _ in spans)  # exactly one GPU each
-    for i, (cvd_a, start_a, end_a) in enumerate(spans):
-        for cvd_b, start_b, end_b in spans[i + 1 :]:
-            if cvd_a == cvd_b:
-                assert min(end_a, end_b) <= max(start_a, start_b), f"two jobs held GPU {cvd_a} at once"
-    killed_gpus = {spans[i][0] for i in victims}
-    reused = [s for j, s in enumerate(spans) if j not in victims and s[0] in killed_gpus]
-    assert any(start > victims[i] for i in victims for cvd, start, _ in reused if cvd == spans[i][0])
+
+def _waiting(tmp: Path, names) -> int:
+    """How many of the jobs said that every slot is busy (claim_gpu_slot's line before it waits)."""
+    stems = [f"job{n}" if isinstance(n, int) else n for n in names]
+    return sum("slots busy" in (tmp / f"{stem}.json.stderr").read_text() for stem in stems)
+
+
+def test_eight_jobs_four_slots_never_share_and_killed_slots_free_up(tmp_path: Path) -> None:
+    locks, gate = tmp_path / "locks", tmp_path / "gate"
+    jobs = [_slot_job(locks, tmp_path / f"job{i}.json", gate, "0,1,2,3") for i in range(8)]
+    try:
+        # four jobs get the four GPUs and hold them; the other four wait for a slot (they say so)
+        assert wait_for(lambda: len(_started(tmp_path, range(8))) == 4, timeout=300)
+        assert wait_for(lambda: _waiting(tmp_path, range(8)) == 4, timeout=300)
+        first = _started(tmp_path, range(8))
+        assert sorted(r["cvd"] for r in first.values()) == ["0", "1", "2", "3"]  # one GPU each
+        # SIGKILL two holders (gpu-slot exec'd the job: its pid holds the lock); their witnesses stay
+        # behind, so the test removes them once the process is gone
+        victims = sorted(first)[:2]
+        for i in victims:
+            os.kill(jobs[i].pid, signal.SIGKILL)
+            assert jobs[i].wait(timeout=60) == -signal.SIGKILL
+            (tmp_path / "holding" / first[i]["cvd"]).unlink()
+        # two waiting jobs take exactly the killed jobs' GPUs (the other two are still held)
+        assert wait_for(lambda: len(_started(tmp_path, range(8))) == 6, timeout=300)
+        second = {i: r for i, r in _started(tmp_path, range(8)).items() if i not in first}
+        assert sorted(r["cvd"] for r in second.values()) == sorted(first[i]["cvd"] for i in victims)
+        gate.touch()  # let every job finish: the last two take slots as the others let go
+        for i, proc in enumerate(jobs):
+            rc = proc.wait(timeout=300)
+            err = (tmp_path / f"job{i}.json.stderr").read_text()
+            assert rc == (-signal.SIGKILL if i in victims else 0), (i, rc, err)  # 3: a GPU was shared
+    finally:
+        gate.touch()
+        for proc in jobs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for i in set(range(8)) - set(victims):
+        assert json.loads((tmp_path / f"job{i}.json").read_text())["cvd"] in {"0", "1", "2", "3"}
     assert _claim_now(locks, "0,1,2,3") == "0"  # every slot is free again
 
 
 def test_slot_of_a_killed_job_is_free_again(tmp_path: Path) -> None:
-    locks = tmp_path / "locks"
-    holder = _slot_job(locks, tmp_path / "holder.json", 60.0, "7")
+    locks, gate = tmp_path / "locks", tmp_path / "gate"
+    holder = _slot_job(locks, tmp_path / "holder.json", gate, "7")
+    waiter = None
     try:
-        assert wait_for((tmp_path / "holder.json.started").exists, holder, timeout=120)
+        assert wait_for((tmp_path / "holder.json.started").exists, holder, timeout=300)
         assert _claim_now(locks, "7") == "None"  # taken
-        waiter = _slot_job(locks, tmp_path / "waiter.json", 0.0, "7")
-        time.sleep(0.5)
-        assert waiter.poll() is None and not (tmp_path / "waiter.json.started").exists()  # waits for it
-    finally:
+        waiter = _slot_job(locks, tmp_path / "waiter.json", gate, "7")
+        assert wait_for(lambda: _waiting(tmp_path, ["waiter"]) == 1, waiter, timeout=300)  # it waits...
+        assert not (tmp_path / "waiter.json.started").exists()  # ...and has not started
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    assert waiter.wait(timeout=120) == 0  # the waiter got the slot once the holder died
+        (tmp_path / "holding" / "7").unlink()
+        gate.touch()
+        assert waiter.wait(timeout=300) == 0  # the waiter got the slot once the holder died
+    finally:
+        gate.touch()
+        for proc in (holder, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert json.loads((tmp_path / "waiter.json").read_text())["cvd"] == "7"
     assert _claim_now(locks, "7") == "0"

@@ -28,7 +28,7 @@ from tests.reliability.helpers import (
     sub_env,
     without_timing,
 )
-from tests.workspace import REPO, Workspace
+from tests.workspace import REPO, Workspace, strict_json
 
 EPOCHS = 12
 TRAIN = [
@@ -133,7 +133,7 @@ def test_kills_and_preemptions_resume_to_the_uninterrupted_result(base_ws: Works
     assert without_timing(tb["history"]) == without_timing(ta["history"])
     assert tb["status"] == ta["status"] == "ok" and tb["epochs_completed"] == EPOCHS
     metrics = "metrics/demo_shapes/bias/seed1"
-    ma, mb = (json.loads((p / f"{metrics}.json").read_text()) for p in (a, b))
+    ma, mb = (strict_json(p / f"{metrics}.json") for p in (a, b))
     assert without_timing(mb) == without_timing(ma)
     assert (b / f"{metrics}.per_class.json").read_bytes() == (a / f"{metrics}.per_class.json").read_bytes()
     tsv = b / RUN / "dvclive/plots/metrics/train/loss.tsv"

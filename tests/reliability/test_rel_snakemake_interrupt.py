@@ -5,10 +5,12 @@ run through the run driver (``promptbias run``: DVC decides, Snakemake runs, DVC
 config with a tiny-CLIP overlay (7 jobs: fetch, split, train bias, evaluate zeroshot + bias, aggregate, render;
 the whole DAG, because the driver's final ``dvc commit`` covers every stage of dvc.yaml).
 The driver is interrupted twice — Ctrl-C (SIGINT to its process group) while training, then SIGKILL of
-the whole process group after an evaluation finished — and restarted each time after ``snakemake
---unlock`` (a killed Snakemake leaves its lock; the driver currently SIGKILLs Snakemake 0.25 s after a
-Ctrl-C, see README.md). The results equal an uninterrupted run of the same commands
-(wall-clock fields aside), every output parses, and ``dvc status`` is clean.
+the whole process group while the aggregation writes its summary — and restarted each time after
+``snakemake --unlock`` (a killed Snakemake leaves its lock; the driver currently SIGKILLs Snakemake 0.25 s
+after a Ctrl-C, see README.md). Both interruptions are placed with the ``hold`` fault (the job stops at
+a named point and says so in a mark file), so they land mid-job however loaded the machine is. The second
+run resumes the training from its epoch-1 checkpoint; the results equal an uninterrupted run of the same
+commands (wall-clock fields aside), every output parses, and ``dvc status`` is clean.
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ RESULTS = (
 )
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = tool_env()
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env.pop("PROMPTBIAS_FAULT", None)
+    env.update(extra)
     return env
 
 
-def _driver(repo: Path) -> subprocess.Popen[str]:
+def _driver(repo: Path, **env: str) -> subprocess.Popen[str]:
     """``promptbias run`` in its own process group (as a terminal would start it)."""
     return subprocess.Popen(
         [
@@ -75,7 +79,7 @@ def _driver(repo: Path) -> subprocess.Popen[str]:
             "--rerun-incomplete",  # jobs a kill interrupted (as workflow/profiles/local sets)
         ],
         cwd=repo,
-        env=_env(),
+        env=_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -128,26 +132,30 @@ def test_interrupted_dag_restarts_to_the_same_results_and_clean_dvc(tmp_path: Pa
         (ref / f).write_text((repo / f).read_text())
     _reference(ref)
 
-    # 1. Ctrl-C while the train job runs
-    proc = _driver(repo)
-    ckpt = repo / "runs/demo_shapes/bias/seed1/checkpoint.pt"
-    assert wait_for(ckpt.exists, proc, timeout=600), proc.communicate()[0][-3000:]
+    # 1. Ctrl-C while the train job runs: it holds at the first step of epoch 2 (epoch 1 is checkpointed)
+    mark = tmp_path / "held"
+    proc = _driver(repo, PROMPTBIAS_FAULT="bias/seed1/epoch2.step1.:hold", PROMPTBIAS_FAULT_MARK=str(mark))
+    assert wait_for(mark.exists, proc, timeout=600), proc.communicate()[0][-3000:]
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out[-3000:]
+    assert (repo / "runs/demo_shapes/bias/seed1/checkpoint.pt").is_file()
+    assert not (repo / "runs/demo_shapes/bias/seed1/params.safetensors").exists()
     assert_outputs_parse(repo)
     _unlock(repo)  # the driver SIGKILLs Snakemake 0.25 s after Ctrl-C (subprocess.run): its lock stays
 
-    # 2. SIGKILL of the whole process group (driver, Snakemake, the job) once an evaluation is done
-    proc = _driver(repo)
-    # (a metrics file this run writes: one the first run did not get to, else the summary)
-    metrics = [repo / p for p in RESULTS[1:3] if not (repo / p).exists()] or [repo / RESULTS[-1]]
-    reached = wait_for(lambda: any(m.exists() for m in metrics), proc, timeout=600)
-    assert reached, proc.communicate()[0][-3000:]
-    finished_early = proc.poll() is not None
+    # 2. SIGKILL of the whole process group (driver, Snakemake, the job) while aggregate holds right
+    #    before writing metrics/summary.json: training and evaluation are done by then
+    mark.unlink()
+    proc = _driver(repo, PROMPTBIAS_FAULT="summary.json:hold", PROMPTBIAS_FAULT_MARK=str(mark))
+    assert wait_for(mark.exists, proc, timeout=600), proc.communicate()[0][-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
-    assert not finished_early, f"the DAG finished before the kill:\n{out[-3000:]}"
+    assert (
+        "resuming runs/demo_shapes/bias/seed1 after epoch 1/4"
+        in (repo / "logs/train/demo_shapes/bias/seed1.log").read_text()
+    ), out[-3000:]
+    assert not (repo / "metrics/summary.json").exists()
     assert_outputs_parse(repo)
     _unlock(repo)  # a SIGKILLed Snakemake always leaves its lock behind
 
@@ -155,10 +163,6 @@ def test_interrupted_dag_restarts_to_the_same_results_and_clean_dvc(tmp_path: Pa
     proc = _driver(repo)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
-    assert (
-        "resuming" in (repo / "logs/train/demo_shapes/bias/seed1.log").read_text()
-        or (repo / "metrics/demo_shapes/bias/seed1.json").exists()
-    )
 
     assert not assert_outputs_parse(repo), "atomic temporaries left behind"
     for rel in RESULTS:

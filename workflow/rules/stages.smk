@@ -1,7 +1,8 @@
 # One wildcard rule per stage of src/promptbias/pipeline/spec.py (fetch, split, cache, pretrain_demo, train,
 # evaluate, aggregate, probe, render). Inputs, the command line and the params values of a job come from
 # the same Pipeline object that writes dvc.yaml, so both engines run identical jobs.
-#   resources: gpu=1 on GPU stages (0 when device: cpu) — the job itself picks a free GPU (devices.py)
+#   resources: gpu=1 on GPU stages (0 when device: cpu) — the job itself picks a free GPU (devices.py);
+#     on SLURM also account, partition, runtime and mem_mb from the config's `slurm` section
 #   threads: what the job really uses (decoding workers on a GPU; cpu_threads / demo.pretrain_threads on a CPU)
 #   params.values: the resolved values of the keys the command reads — Snakemake's params trigger sees an
 #     edit of any of them, and nothing else: params.cmd (which names the params files) is a function of the
@@ -9,6 +10,7 @@
 #     reruns only the jobs whose values change
 #   log: logs/<stage>/... per job
 
+from promptbias.pipeline.snakemake import rule_resources as _rule_resources
 from promptbias.pipeline.snakemake import rule_threads as _rule_threads
 from promptbias.pipeline.snakemake import wildcard_constraints as _wildcard_constraints
 
@@ -44,6 +46,6 @@ for _stage in PIPE.stages():
             values=lambda wc, s=_stage: PIPE.param_values(_job(s.name, wc).params),
         threads: _rule_threads(PIPE, _stage)
         resources:
-            gpu=int(_stage.gpu and PIPE.cfg["device"] != "cpu"),
+            **_rule_resources(PIPE, _stage),
         shell:
             "( {params.cmd} ) > {log} 2>&1"

@@ -8,7 +8,8 @@ Every stage command calls :func:`bind_job` with the config it will really use (a
 command-line options), before any work. Under DVC it first holds dvc.yaml to the provenance invariant
 (:func:`promptbias.pipeline.dvc.verify_tracking`); the returned values go into the job's record
 (train.json, the metrics sidecar, probe sidecars, pretrain.json), so a record always names the values
-that produced it.
+that produced it. It also deletes the temporaries that a killed earlier attempt of the job left beside
+its output files (Snakemake and DVC clear a job's declared outputs before a rerun, never those).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptbias.errors import UserError
+from promptbias.io import remove_stale_temps
 from promptbias.pipeline.dvc import dvc_stage_name, verify_tracking
 from promptbias.pipeline.plan import Pipeline
 
@@ -42,4 +44,6 @@ def bind_job(ctx: Any, cfg: dict[str, Any], stage: str, wildcards: dict[str, Any
                 f"DVC stage {dvc_stage} runs the command of job {job.name} — regenerate dvc.yaml (`promptbias dvc-yaml`)"
             )
         verify_tracking(pipe, job)
+    for out in job.out_paths:
+        remove_stale_temps(out)  # one job owns each output: a temporary beside it is a killed attempt's
     return BoundJob(job.name, pipe.param_values(job.params))

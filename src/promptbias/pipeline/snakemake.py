@@ -65,6 +65,26 @@ def rule_threads(pipe: Pipeline, stage: Stage) -> int:
     return int(cfg["cpu_threads"])
 
 
+def rule_resources(pipe: Pipeline, stage: Stage) -> dict[str, Any]:
+    """Snakemake resources of a ``stage`` job: ``gpu`` (1 only for a GPU stage when the config's device is
+    not cpu), and what the SLURM executor turns into sbatch options, from the config's ``slurm`` section:
+    ``slurm_account``, ``slurm_partition`` (the GPU partition for GPU jobs), ``runtime`` (min) and ``mem_mb``.
+    Local runs ignore all but ``gpu`` (``--resources gpu=N``)."""
+    cfg, slurm = pipe.cfg, pipe.cfg["slurm"]
+    gpu = int(stage.gpu and cfg["device"] != "cpu")
+    partition = (slurm["gpu_partition"] or slurm["partition"]) if gpu else slurm["partition"]
+    resources: dict[str, Any] = {
+        "gpu": gpu,
+        "runtime": slurm["runtime"].get(stage.name, slurm["runtime"]["default"]),
+        "mem_mb": slurm["mem_mb"].get(stage.name, slurm["mem_mb"]["default"]),
+    }
+    if slurm["account"]:
+        resources["slurm_account"] = slurm["account"]
+    if partition:
+        resources["slurm_partition"] = partition
+    return resources
+
+
 def _leaf_diff(base: Config, new: Config, prefix: str = "") -> list[tuple[str, Any]]:
     """(key path, value) for every leaf of ``new`` that ``base`` lacks or holds differently."""
     out = []
