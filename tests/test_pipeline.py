@@ -62,6 +62,37 @@ def test_the_train_stage_tracks_every_key_training_reads():
     assert not any(k.startswith(("slurm.", "render.", "probes.")) for k in tracked)
 
 
+@pytest.mark.parametrize("device", ["cpu", "auto", "cuda"])
+def test_slurm_resources_follow_the_config(device):
+    from promptbias.pipeline.snakemake import rule_resources
+
+    overrides = (
+        f"device={device}",
+        "slurm.account=lab",
+        "slurm.partition=cpu",
+        "slurm.gpu_partition=gpu",
+        "slurm.mem_mb.train=64000",
+    )
+    pipe = _pipe(DEMO, overrides)
+    stages = {stage.name: stage for stage in pipe.stages()}
+    train, fetch = rule_resources(pipe, stages["train"]), rule_resources(pipe, stages["fetch"])
+    gpu = int(device != "cpu")
+    assert train == {
+        "gpu": gpu,
+        "runtime": 240,
+        "mem_mb": 64000,
+        "slurm_account": "lab",
+        "slurm_partition": "gpu" if gpu else "cpu",
+    }
+    assert fetch == {"gpu": 0, "runtime": 720, "mem_mb": 16000, "slurm_account": "lab", "slurm_partition": "cpu"}
+    for name in ("evaluate", "probe", "pretrain-demo"):
+        assert rule_resources(pipe, stages[name])["gpu"] == gpu
+    for name in ("split", "cache", "aggregate", "render"):
+        assert rule_resources(pipe, stages[name])["gpu"] == 0
+    # empty account and partitions (the shipped values): sbatch gets neither -A nor -p
+    assert not {"slurm_account", "slurm_partition"} & set(rule_resources(_pipe(DEMO), stages["train"]))
+
+
 def test_paper_config_plans_every_dataset_method_seed():
     pipe = _pipe()
     cfg = pipe.cfg

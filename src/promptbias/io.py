@@ -17,8 +17,9 @@ makes the ``n``-th (default 1st) ``atomic_path`` write in this process whose tar
 ``substring`` fail right before ``os.replace`` — after the temporary file is complete and synced.
 Actions: ``kill`` (SIGKILL this process), ``term`` (SIGTERM to this process, then carry on),
 ``enospc`` (raise ``OSError(ENOSPC)``, as a full disk would), ``hold`` (write this process's pid to the
-file named by ``PROMPTBIAS_FAULT_MARK`` and wait there until a signal ends it: a test then interrupts
-a job that is provably mid-way, whatever the machine's load). Long loops also pass named points through
+file named by ``PROMPTBIAS_FAULT_MARK`` and wait there until a signal ends it — SIGTERM included — so a
+test interrupts a job that is provably mid-way, whatever the machine's load; once the mark exists, later
+processes pass the point: a restarted job runs on). Long loops also pass named points through
 the same hook (:func:`fault_point`, e.g. training's ``<run dir>/epoch3-step2``), so a test can interrupt
 a job at an exact step instead of racing it with a timer.
 """
@@ -71,9 +72,12 @@ def _inject_fault(target: Path) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
     elif action == "hold":
         mark = Path(os.environ[FAULT_MARK_ENV])
+        if mark.exists():
+            return  # held once already (by an earlier attempt of this job): run on
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # training's handler would only set a flag
         mark.with_name(mark.name + ".tmp").write_text(f"{os.getpid()}\n")
         os.replace(mark.with_name(mark.name + ".tmp"), mark)  # the mark appears whole
-        while True:  # until a signal ends the process (SIGTERM's handler in training returns: keep waiting)
+        while True:  # until a signal ends the process
             signal.pause()
     else:
         raise ValueError(f"{FAULT_ENV}: unknown action {action!r} (kill | term | enospc | hold)")

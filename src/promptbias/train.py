@@ -17,8 +17,8 @@ when its identity is this job's — the params values, the content of the split 
 images, the backbone weights, the code and the torch build — and then ends with exactly the result of an
 uninterrupted run (each epoch's shuffling and augmentation come from a generator seeded by (seed,
 epoch)). Anything else starts over, so a forced rerun (``dvc repro -f``, ``snakemake --forcerun``)
-retrains. SIGTERM (SLURM preemption) stops at the next step with the last epoch checkpointed and exit
-status 75; a SIGTERM that arrives once all epochs are done lets the job finish. A non-finite loss stops
+retrains. SIGTERM (SLURM preemption or ``scontrol requeue``) stops at the next step with the last epoch
+checkpointed and exit status 75; a SIGTERM that arrives once all epochs are done lets the job finish. A non-finite loss stops
 the run with status "diverged" and keeps the last finite epoch's parameters.
 """
 
@@ -43,7 +43,10 @@ from promptbias.config import RunContext
 from promptbias.errors import UserError
 from promptbias.settings import Settings
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again" (see workflow/profiles/slurm for what requeues it)
+# EX_TEMPFAIL, "try again". Nothing requeues on this status: under SLURM the job is requeued by SLURM itself
+# (sbatch --requeue, workflow/profiles/slurm) and restarts its batch script; elsewhere a rerun (Snakemake's
+# `retries`, or the user) resumes from the checkpoint
+PREEMPTED_EXIT_CODE = 75
 
 
 @dataclass(frozen=True)
