@@ -84,7 +84,13 @@ def test_slurm_resources_follow_the_config(device):
         "slurm_account": "lab",
         "slurm_partition": "gpu" if gpu else "cpu",
     }
-    assert fetch == {"gpu": 0, "runtime": 720, "mem_mb": 16000, "slurm_account": "lab", "slurm_partition": "cpu"}
+    assert fetch == {
+        "gpu": 0,
+        "runtime": 720,
+        "mem_mb": 16000,
+        "slurm_account": "lab",
+        "slurm_partition": "cpu",
+    }
     for name in ("evaluate", "probe", "pretrain-demo"):
         assert rule_resources(pipe, stages[name])["gpu"] == gpu
     for name in ("split", "cache", "aggregate", "render"):

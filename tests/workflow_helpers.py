@@ -70,6 +70,15 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def job_env(**extra: str) -> dict[str, str]:
+    """``tool_env`` for engine runs in tests: one thread per job, no GPU, no inherited fault, plus ``extra``."""
+    env = tool_env()
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    env.pop("PROMPTBIAS_FAULT", None)
+    env.update(extra)
+    return env
+
+
 def project_copy(dest: Path) -> Path:
     """Copy the workflow files (symlinks resolved) into ``dest`` and return it."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import pytest
 
 from tests.cluster.slurm import SlurmCluster, Unavailable, job_id_of, processes_under
 from tests.reliability.helpers import wait_for, without_timing
-from tests.workflow_helpers import project_copy, tool_env
+from tests.workflow_helpers import job_env, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +47,6 @@ def cluster(tmp_path_factory):
         pytest.skip(f"no test SLURM cluster on this machine: {exc}")
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = tool_env()
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    env.pop("PROMPTBIAS_FAULT", None)
-    env.update(extra)
-    return env
-
-
 def _results(root: Path) -> dict[str, object]:
     """Every trained tensor file (bytes) and metrics file (without wall-clock fields) under ``root``."""
     out: dict[str, object] = {}
@@ -69,7 +61,7 @@ def test_demo_dag_on_slurm_survives_a_requeue_and_matches_a_local_run(cluster, t
     local = project_copy(tmp_path / "local")
     res = subprocess.run(
         [SNAKEMAKE, "metrics", *DEMO, "--cores", "2", "--resources", "gpu=0"],
-        cwd=local, env=_env(), capture_output=True, text=True, timeout=1800,
+        cwd=local, env=job_env(), capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -79,7 +71,9 @@ def test_demo_dag_on_slurm_survives_a_requeue_and_matches_a_local_run(cluster, t
     argv = [SNAKEMAKE, "metrics", "--profile", "workflow/profiles/slurm", *DEMO, SIZES]
     argv += ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
     argv += ["--jobs", "2", "--latency-wait", "5", "--verbose"]
-    env = _env(PROMPTBIAS_FAULT=f"{HELD}:hold", PROMPTBIAS_FAULT_MARK=str(mark))  # --export=ALL: jobs see it
+    env = job_env(
+        PROMPTBIAS_FAULT=f"{HELD}:hold", PROMPTBIAS_FAULT_MARK=str(mark)
+    )  # --export=ALL: jobs see it
     try:
         with log.open("w") as out:
             proc = subprocess.Popen(argv, cwd=proj, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -124,7 +118,7 @@ def test_gpu_stages_ask_slurm_for_a_gpu_when_the_config_runs_on_cuda(cluster, tm
         [SNAKEMAKE, "runs/demo_clip/open_clip_model.safetensors", "--profile", "workflow/profiles/slurm",
          *DEMO, SIZES, "--config", "device=cuda", "--slurm-status-command", "squeue", "--jobs", "1",
          "--retries", "0", "--verbose"],
-        cwd=proj, env=_env(), capture_output=True, text=True, timeout=600,
+        cwd=proj, env=job_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     text = res.stdout + res.stderr
     calls = re.findall(r"sbatch call: (sbatch .*)", text)

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from promptbias.cli import cli
 from tests.reliability.helpers import assert_outputs_parse, wait_for, without_timing
-from tests.workflow_helpers import git_dvc_repo, run, tool_env
+from tests.workflow_helpers import git_dvc_repo, job_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +54,6 @@ RESULTS = (
 )
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = tool_env()
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env.pop("PROMPTBIAS_FAULT", None)
-    env.update(extra)
-    return env
-
-
 def _driver(repo: Path, **env: str) -> subprocess.Popen[str]:
     """``promptbias run`` in its own process group (as a terminal would start it)."""
     return subprocess.Popen(
@@ -79,7 +71,7 @@ def _driver(repo: Path, **env: str) -> subprocess.Popen[str]:
             "--rerun-incomplete",  # jobs a kill interrupted (as workflow/profiles/local sets)
         ],
         cwd=repo,
-        env=_env(**env),
+        env=job_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
