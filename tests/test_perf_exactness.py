@@ -328,3 +328,21 @@ def test_cli_help_lists_commands_without_importing_them():
     code += "try:\n    cli()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    from promptbias import catalog
+    from promptbias.cli import cli
+
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command.help, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"promptbias {name} {param.opts[-1]} has no help text"
+    probe_help = cli.get_command(ctx, "probe").get_help(click.Context(cli.get_command(ctx, "probe")))
+    for kind, info in catalog.probes().items():
+        assert kind in probe_help and info.summary, kind

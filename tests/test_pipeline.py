@@ -99,6 +99,26 @@ def test_slurm_resources_follow_the_config(device):
     assert not {"slurm_account", "slurm_partition"} & set(rule_resources(_pipe(DEMO), stages["train"]))
 
 
+def test_snakemake_config_values_left_as_text_are_read_as_yaml(monkeypatch):
+    from types import SimpleNamespace
+
+    from promptbias.config import deep_merge
+    from promptbias.pipeline.snakemake import pipeline_from_snakemake
+
+    monkeypatch.chdir(REPO)
+    files = [REPO / "params.yaml", REPO / "config/demo.yaml"]
+    base = deep_merge(yaml.safe_load(files[0].read_text()), yaml.safe_load(files[1].read_text()))
+    # what Snakemake hands the Snakefile for --config 'train={"epochs": 3, "warmup_lr": 1e-4}' sweep.seeds=[1, 2]
+    config = deep_merge(base, {"train": {"epochs": "3", "warmup_lr": "1e-4"}, "sweep": {"seeds": "[1, 2]"}})
+    config = deep_merge(config, {"data": {"root": "1e3"}})  # a string in params.yaml stays one
+    config = deep_merge(config, {"probes": {"seeds": ["2"]}, "sweep": {"datasets": ["demo_shapes"]}})
+    pipe = pipeline_from_snakemake(SimpleNamespace(overwrite_configfiles=[str(files[1])]), config)
+    assert pipe.cfg["train"]["epochs"] == 3 and pipe.cfg["train"]["warmup_lr"] == 1e-4
+    assert pipe.cfg["sweep"]["seeds"] == [1, 2] and pipe.cfg["data"]["root"] == "1e3"
+    assert pipe.cfg["probes"]["seeds"] == [2] and pipe.cfg["sweep"]["datasets"] == ["demo_shapes"]
+    assert "train.epochs=3" in pipe.overrides and "sweep.seeds=[1, 2]" in pipe.overrides
+
+
 def test_paper_config_plans_every_dataset_method_seed():
     pipe = _pipe()
     cfg = pipe.cfg

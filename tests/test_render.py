@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from promptbias.aggregate import aggregate
 from promptbias.cli import cli
 from promptbias.config import grid_method_ids, load_params
+from promptbias.errors import UserError
 from promptbias.render import expected_outputs
 from promptbias.render.paper import PAPER_TABLE1
 from tests.workspace import strict_json
@@ -256,6 +257,27 @@ def test_render_only_and_list(demo):
     assert (tmp / "results/figures/sensitivity.png").stat().st_mtime_ns == before
     result = CliRunner().invoke(cli, ["--params", str(params), "render", "--only", "nope"])
     assert result.exit_code != 0 and "unknown renderer" in str(result.exception or result.output)
+
+
+def test_a_crashing_renderer_fails_the_job_in_one_line_after_drawing_the_rest(demo, monkeypatch):
+    import dataclasses
+
+    from promptbias.render.registry import RENDERERS
+
+    tmp, params, _, _ = demo
+
+    def crash(inputs):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setitem(RENDERERS, "fig5", dataclasses.replace(RENDERERS["fig5"], draw=crash))
+    before = (tmp / "results/tables/table1.md").stat().st_mtime_ns
+    result = CliRunner().invoke(
+        cli, ["--params", str(params), "render", "--only", "table1", "--only", "fig5"]
+    )
+    assert isinstance(result.exception, UserError), result.output  # the CLI: one line, exit status 2
+    assert "render: 1 renderer(s) failed (fig5)" in str(result.exception)
+    assert (tmp / "results/tables/table1.md").stat().st_mtime_ns > before  # the others were drawn
+    assert "renderer failed: ZeroDivisionError: planted" in (tmp / "results/report.html").read_text()
 
 
 def test_paper_values_and_marked_gaps_for_missing_runs(tmp_path, monkeypatch):

@@ -47,6 +47,7 @@ class ProbeInfo:
     writes_arrays: bool = False  # also writes <name>.npz
     params: tuple[str, ...] = ()  # params keys it reads beyond the common probes.* ones
     common: tuple[str, ...] = field(default=("probes.max_images", "probes.sample_seed", "probes.batch_size"))
+    summary: str = ""  # one line for `promptbias probe --help`
 
 
 METHOD_INFO: dict[str, MethodInfo] = {}
@@ -148,12 +149,26 @@ register_method_info(
         },
     )
 )
-for _name, _arrays, _params in (
-    ("relevancy", False, ("probes.start_layer",)),
-    ("attention_stats", False, ()),
-    ("attention_distance", False, ()),
-    ("attention_entropy", False, ()),
-    ("maps", True, ("probes.map_images", "probes.rotations")),
-    ("bias_decomposition", True, ()),
+for _name, _arrays, _params, _summary in (
+    (
+        "relevancy",
+        False,
+        ("probes.start_layer",),
+        "gradient-weighted attention relevancy of CLS / EOS (Figs. 2-3)",
+    ),
+    ("attention_stats", False, (), "attention shares of SOS, prompts, category and EOS tokens (Fig. 4)"),
+    ("attention_distance", False, (), "mean attention distance of patch queries in pixels (Fig. 5)"),
+    ("attention_entropy", False, (), "attention entropy per layer, with and without prompt keys (Fig. 5)"),
+    (
+        "maps",
+        True,
+        ("probes.map_images", "probes.rotations"),
+        "prompt-patch attention and similarity maps (Fig. 6)",
+    ),
+    ("bias_decomposition", True, (), "how much of the prompts' attention update is a constant bias"),
 ):
-    register_probe_info(ProbeInfo(_name, f"promptbias.probes.{_name}", writes_arrays=_arrays, params=_params))
+    register_probe_info(
+        ProbeInfo(
+            _name, f"promptbias.probes.{_name}", writes_arrays=_arrays, params=_params, summary=_summary
+        )
+    )

@@ -18,6 +18,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -54,7 +55,7 @@ _SHORT_HELP: dict[str, str] = {
     "gpu-slot": "Run COMMAND with one free GPU (CUDA_VISIBLE_DEVICES set; the lock lives as long as COMMAND).",
     "pretrain-demo": "Pretrain the demo CLIP on the demo world's caption corpus (CPU, a few minutes).",
     "probe": "Run one analysis probe and write probes/<dataset>/<method>/seed<S>/<kind>.parquet (+ .json).",
-    "render": "Draw Table 1, Figs.",
+    "render": "Draw Table 1, the figures and plots, and the HTML report.",
     "run": "Run the stale part of the DAG: DVC decides, Snakemake runs (N GPU jobs at a time), DVC commits.",
     "split": "Write the K-shot subset of DATASET for one seed (CoOp/Dassl-compatible).",
     "train": "Train one method on one dataset and seed (resumes from its checkpoint).",
@@ -111,6 +112,9 @@ def cli(ctx: click.Context, params_files: tuple[str, ...], overrides: tuple[str,
     ctx.obj = RunContext(params_files=files, overrides=overrides, debug=debug)
 
 
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -120,6 +124,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a folder the user cannot write: one line, like every user error
+        if debug or exc.errno not in _NOT_WRITABLE:
+            raise
+        where = exc.filename or "an output file"
+        click.echo(
+            f"error: {where}: {exc.strerror} — make it writable (owner, permissions, a read-only mount) "
+            "or run in a folder you can write",
+            err=True,
+        )
+        sys.exit(UserError.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

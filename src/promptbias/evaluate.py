@@ -190,9 +190,9 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
 
 
 @click.command("evaluate")
-@click.option("--dataset", required=True)
-@click.option("--method", "method_id", required=True)
-@click.option("--seed", required=True, type=int)
+@click.option("--dataset", required=True, help="Dataset name (see params sweep.datasets).")
+@click.option("--method", "method_id", required=True, help="zeroshot | prompt | bias | prompt-d<D>-n<N>.")
+@click.option("--seed", required=True, type=int, help="Few-shot split and training seed of the run.")
 @click.option("--device", default=None, help="Override device (auto | cpu | cuda).")
 @click.pass_obj
 def evaluate_command(ctx: RunContext, dataset: str, method_id: str, seed: int, device: str | None) -> None:

@@ -320,3 +320,34 @@ def test_corrupt_checkpoint_is_not_fatal(
     out = ws.cli("--set", "train.epochs=1", *TRAIN)
     assert "unreadable checkpoint" in out and "starting over" in out
     assert (run / "params.safetensors").is_file()
+
+
+@pytest.mark.parametrize("errno_name", ["EACCES", "EROFS"])
+def test_an_output_folder_that_cannot_be_written_is_one_line(
+    errno_name: str, base_ws: Workspace, tmp_path: Path, monkeypatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An unwritable (or read-only mounted) output folder: one line naming it, exit 2, no traceback."""
+    import errno
+    import tempfile
+
+    from promptbias.cli import main
+
+    ws = base_ws.copy(tmp_path / "ws")
+    real_mkstemp = tempfile.mkstemp
+    code = getattr(errno, errno_name)
+
+    def refuse(*args, dir=None, **kwargs):  # root writes anywhere: the kernel's refusal is simulated
+        if dir is not None and "runs" in Path(dir).parts:
+            raise OSError(code, os.strerror(code), str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.chdir(ws.path)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([*P, *TRAIN])
+    err = capfd.readouterr().err
+    assert exit_.value.code == 2, err
+    line = _one_error_line(err, ("runs/demo_shapes/bias/seed1", os.strerror(code)))
+    assert "make it writable" in line
+    assert not list((ws.path / "runs/demo_shapes/bias/seed1").glob("*.safetensors"))

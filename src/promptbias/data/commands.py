@@ -92,7 +92,12 @@ def model_image_size(cfg: dict[str, Any]) -> int:
 @click.option(
     "--image-size", type=click.IntRange(min=1), default=None, help="Default: the model's input size."
 )
-@click.option("--skip-bad", is_flag=True, help="Skip unreadable images and record them in the cache index.")
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Record unreadable images in the cache index instead of stopping at the first (a list of what to "
+    "re-fetch; train and evaluate still refuse a dataset with unreadable images).",
+)
 @click.pass_obj
 def cache(ctx: RunContext, dataset: str, image_size: int | None, skip_bad: bool) -> None:
     """Decode + test-transform the test and val images of DATASET once into data/cache/<ds>/."""

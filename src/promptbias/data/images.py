@@ -49,13 +49,11 @@ def decode(path: Path | str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError:
-        raise UserError(
-            f"{path}: image file missing — re-fetch the dataset or use --skip-bad to skip it"
-        ) from None
+        raise UserError(f"{path}: image file missing — re-fetch the dataset (`promptbias fetch`)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(
-            f"{path}: corrupt image ({reason}) — replace the file (re-fetch) or use --skip-bad to skip it"
+            f"{path}: corrupt image ({reason}) — replace the file (re-fetch the dataset: `promptbias fetch`)"
         ) from None
 
 
@@ -224,7 +222,7 @@ def load_eval_images(
             if not skip_bad:
                 raise UserError(
                     f"{Path(root) / 'raw' / dataset / rel[i]}: recorded as unreadable in the image cache — "
-                    "replace it and rebuild the cache, or use --skip-bad"
+                    f"replace it (re-fetch the dataset) and rebuild the cache: `promptbias cache {dataset}`"
                 )
             bad.append(i)
         todo = [i for i, p in enumerate(rel) if p not in row_of and p not in cached_bad]

@@ -172,7 +172,14 @@ def dvc_stage_name() -> str | None:
 # ----------------------------------------------------------------------------------- the command
 @click.command("dvc-yaml")
 @click.option("--check", is_flag=True, help="Exit non-zero (one line) when the file differs from the spec.")
-@click.option("-o", "--output", default="dvc.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    default="dvc.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="File to write.",
+)
 @click.pass_obj
 def dvc_yaml_command(ctx: Any, check: bool, output: str) -> None:
     """Write dvc.yaml from the stage spec for the params files given with --params."""

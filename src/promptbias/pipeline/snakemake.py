@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from promptbias.config import deep_merge, read_yaml, validate_params
 from promptbias.pipeline.plan import DEFAULT_PARAMS, Pipeline
 from promptbias.pipeline.spec import Config, Stage, all_datasets, methods_for
@@ -37,10 +39,39 @@ def pipeline_from_snakemake(workflow: Any, config: Config) -> Pipeline:
     merged: Config = {}
     for data in file_data:
         merged = deep_merge(merged, data)
+    _retype_config_values(merged, config)
     overrides = tuple(f"{key}={json.dumps(value)}" for key, value in _leaf_diff(merged, config))
     source = " + ".join(files) + (" + --config" if overrides else "")
     validate_params(config, source=source)
     return Pipeline(json.loads(json.dumps(config)), tuple(files), overrides, file_data)
+
+
+def _retype_config_values(files: Config, config: Config) -> None:
+    """Read as YAML the ``--config`` values that Snakemake left as text where the params files hold a
+    number, a boolean, null or a list (``--config 'train={"epochs": 3}'`` gives the string ``'3'``)."""
+    for key, value in _leaf_diff(files, config):
+        *parents, leaf = key.split(".")
+        node, base = config, files
+        for part in parents:
+            node, base = node[part], base.get(part, {}) if isinstance(base, dict) else {}
+        if not (isinstance(base, dict) and leaf in base) or isinstance(base[leaf], str):
+            continue
+        if isinstance(value, str):
+            node[leaf] = _read_value(value)
+        elif (
+            isinstance(value, list)
+            and all(isinstance(v, str) for v in value)
+            and any(not isinstance(v, str) for v in base[leaf])
+        ):  # ['2'] where params.yaml holds [1, 2, 3]
+            node[leaf] = [_read_value(v) for v in value]
+
+
+def _read_value(text: str) -> Any:
+    """A number, boolean, null or list written as text (JSON first: YAML 1.1 reads "1e-4" as text)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def wildcard_constraints(pipe: Pipeline) -> dict[str, str]:

@@ -31,7 +31,17 @@ def sample_indices(n_test: int, max_images: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_test), k))
 
 
-@click.command("probe")
+class _ProbeCommand(click.Command):
+    """``probe --help`` lists the registered probe kinds (plugins included) after the options."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from promptbias import catalog
+
+        with formatter.section("Kinds"):
+            formatter.write_dl([(name, info.summary) for name, info in sorted(catalog.probes().items())])
+
+
+@click.command("probe", cls=_ProbeCommand)
 @click.argument("kinds", nargs=-1, required=True)
 @click.option("--dataset", required=True, help="Dataset name (data/raw/<dataset>.json must exist).")
 @click.option(

@@ -18,6 +18,8 @@ import click
 
 from promptbias.errors import UserError
 
+FAILED = "renderer failed"  # how a crashed renderer's gap begins
+
 
 @click.command("render")
 @click.option(
@@ -30,7 +32,11 @@ from promptbias.errors import UserError
 )
 @click.pass_obj
 def render(ctx: Any, only: tuple[str, ...], skip: tuple[str, ...], no_report: bool, list_only: bool) -> None:
-    """Draw Table 1, Figs. 2–6, the sensitivity and bias-decomposition plots and the HTML report."""
+    """Draw Table 1, the figures and plots, and the HTML report.
+
+    Table 1, Figs. 2–6 and the sensitivity and bias-decomposition plots, from what the aggregate and the
+    probes wrote; a missing input is a marked gap in the figure, the table and the report.
+    """
     from promptbias.pipeline.bind import bind_job
     from promptbias.render.catalog import ordered
 
@@ -51,7 +57,13 @@ def render(ctx: Any, only: tuple[str, ...], skip: tuple[str, ...], no_report: bo
         chosen.remove("report")
     if only and not no_report and "report" not in chosen and "report" not in skip:
         chosen.append("report")
-    run_renderers(cfg, chosen, debug=bool(getattr(ctx, "debug", False)))
+    gaps = run_renderers(cfg, chosen, debug=bool(getattr(ctx, "debug", False)))
+    failed = [name for name, marked in gaps.items() if any(g.why.startswith(FAILED) for g in marked)]
+    if failed:  # the others were drawn and the failure is marked in the report, but the job did fail
+        raise UserError(
+            f"render: {len(failed)} renderer(s) failed ({', '.join(failed)}) — see the lines above; "
+            "rerun with --debug for the traceback"
+        )
 
 
 def run_renderers(cfg: dict[str, Any], names: list[str], debug: bool = False) -> dict[str, list[Any]]:
@@ -69,7 +81,7 @@ def run_renderers(cfg: dict[str, Any], names: list[str], debug: bool = False) ->
         except Exception as exc:
             if debug:
                 raise
-            reason = f"renderer failed: {type(exc).__name__}: {exc}"
+            reason = f"{FAILED}: {type(exc).__name__}: {exc}"
             click.echo(f"render {r.name}: {reason} (rerun with --debug for the traceback)", err=True)
             gaps = [Gap(r.title, reason)]
             _placeholders(cfg, r.outputs(cfg), reason)
