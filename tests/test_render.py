@@ -235,6 +235,8 @@ def test_table1_numbers_equal_the_aggregated_metrics(demo):
         f"{runs['demo_shapes/prompt']['accuracy_mean']:.2f} ± {runs['demo_shapes/prompt']['accuracy_std']:.2f}"
         in md
     )
+    header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
+    assert "paper" not in header and "Δ" not in header and "publishes no values" in md  # demo: none published
     tex = (tmp / "results/tables/table1.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"Demo shapes" in tex
 
@@ -246,6 +248,7 @@ def test_report_embeds_every_figure_with_a_caption(demo):
     assert html.count("data:image/png;base64,") == len(pngs)
     assert html.count("<figcaption>") == len(pngs)
     assert "<table>" in html and "Table 1" in html
+    assert html.count("importance of the bias") == 1  # the item's title, not the table file's heading again
 
 
 def test_render_only_and_list(demo):
@@ -308,5 +311,6 @@ def test_paper_values_and_marked_gaps_for_missing_runs(tmp_path, monkeypatch):
     assert pd.isna(t.loc["dtd", "bias_mean"]) and t.loc["dtd", "status"].startswith("not run")
     md = (tmp_path / "results/tables/table1.md").read_text()
     assert "| EuroSAT |" in md and "86.5" in md and "| DTD | not run |" in md
+    assert "| CLIP | paper | Δ |" in md  # published values: the paper and Δ columns are there
     html = (tmp_path / "results/report.html").read_text()
     assert "Not run yet" in html and "probes/dtd" in html and "unreadable" in html

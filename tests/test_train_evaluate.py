@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_train_evaluate_same_seed_gives_identical_metrics(workspace, tmp_path):
     a = workspace.copy(tmp_path / "a")
     b = workspace.copy(tmp_path / "b")
     for ws in (a, b):
-        ws.cli("train", "--dataset", "demo_shapes", "--method", "prompt", "--seed", "1")
+        out = ws.cli("train", "--dataset", "demo_shapes", "--method", "prompt", "--seed", "1")
         ws.cli("evaluate", "--dataset", "demo_shapes", "--method", "prompt", "--seed", "1")
     ma, mb = _metrics(a, "prompt"), _metrics(b, "prompt")
     ma.pop("eval_images_per_second"), mb.pop("eval_images_per_second")
@@ -109,6 +110,13 @@ def test_train_evaluate_same_seed_gives_identical_metrics(workspace, tmp_path):
     assert pa == (b.path / "runs/demo_shapes/prompt/seed1/params.safetensors").read_bytes()
     train = json.loads((a.path / "runs/demo_shapes/prompt/seed1/train.json").read_text())
     assert train["status"] == "ok" and train["epochs_completed"] == 3
+    progress = re.findall(
+        r"demo_shapes/prompt/seed1 epoch (\d)/3: lr (\S+), loss (\S+), train acc .*ETA \d\d:\d\d:\d\d", out
+    )
+    assert [(int(e), float(lr), float(loss)) for e, lr, loss in progress] == [
+        (h["epoch"], pytest.approx(h["lr"], rel=1e-2), pytest.approx(h["loss"], abs=1e-4))
+        for h in train["history"]
+    ]  # one line per epoch, as it ends
     assert [h["lr"] for h in train["history"]] == [pytest.approx(Schedule(0.01, 3)(e)) for e in range(3)]
     assert train["parameters"] == 2 * (64 + 64)
     assert train["job"] == "train-demo_shapes-prompt-s1" and train["provenance"]["versions"]["torch"]

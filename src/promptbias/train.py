@@ -195,6 +195,9 @@ def train_run(
             else:
                 history.append(record)
                 _log_live(live, record)
+                done_here = history[start_epoch:]
+                eta = (epochs - epoch - 1) * sum(h["seconds"] for h in done_here) / len(done_here)
+                click.echo(f"{dataset}/{method_id}/seed{seed} {epoch_line(record, epochs, eta)}", err=True)
             checkpoint.write(method, optimizer, epoch, history, status)
             if sigterm.raised and epoch + 1 < epochs:
                 raise _Preempted
@@ -331,6 +334,16 @@ def _train_epoch(
         "seconds": seconds,
         "images_per_second": seen / seconds if seconds > 0 else None,
     }
+
+
+def epoch_line(record: dict[str, Any], epochs: int, eta_seconds: float) -> str:
+    """The progress line of one finished epoch (in the job's log and on the console)."""
+    eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, eta_seconds)))
+    speed = f"{record['images_per_second']:.1f} img/s" if record["images_per_second"] else "-"
+    return (
+        f"epoch {record['epoch']}/{epochs}: lr {record['lr']:.2e}, loss {record['loss']:.4f}, "
+        f"train acc {record['accuracy']:.1f}%, {speed}, ETA {eta}"
+    )
 
 
 def _summary(history: list[dict[str, Any]], method: Any, data: TrainingData) -> dict[str, Any]:

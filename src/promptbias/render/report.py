@@ -103,8 +103,14 @@ def _table_item(item: Item) -> str:
     )
     return (
         f'<div id="{item.stem}-table"><p><strong>{html.escape(item.title)}.</strong> {html.escape(item.caption)} '
-        f'<span class="meta">[{links}]</span></p>{md_to_html(md.read_text())}</div>'
+        f'<span class="meta">[{links}]</span></p>{md_to_html(_without_title(md.read_text()))}</div>'
     )
+
+
+def _without_title(markdown: str) -> str:
+    """A table file's text without its own ``# title`` line: the report already titles the item."""
+    lines = markdown.splitlines()
+    return "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines)
 
 
 def build(cfg: dict[str, Any], gaps: dict[str, list[Gap]]) -> str:

@@ -181,19 +181,30 @@ HEADER = ["Dataset", "CLIP", "paper", "Δ", "PROMPT", "paper", "Δ", "BIAS", "pa
           "OPTIMAL (val)", "OPTIMAL (test)", "paper", "Δ val", "Δ test"]  # fmt: skip
 
 
+PAPER_COLUMNS = frozenset({"paper", "Δ", "Δ val", "Δ test"})
+
+
 def markdown(rows: list[Row]) -> str:
+    """The markdown table; a *paper* or Δ column only where some dataset has a published value."""
+    table = [[f"**{r.label}**" if r.dataset == "AVERAGE" else r.label, *_cells(r, " ± ")] for r in rows]
+    keep = [j for j, name in enumerate(HEADER) if name not in PAPER_COLUMNS or any(row[j] for row in table)]
+    published = any(HEADER[j] in PAPER_COLUMNS for j in keep)
     lines = [
         "# Table 1 — the importance of the bias",
         "",
-        "Top-1 test accuracy (%), mean ± std over seeds; *paper* = the published value (Table 1 of the paper), "
-        "Δ = ours − paper. OPTIMAL = the best prompt configuration selected on validation (val) or test accuracy.",
+        "Top-1 test accuracy (%), mean ± std over seeds; "
+        + (
+            "*paper* = the published value (Table 1 of the paper), Δ = ours − paper. "
+            if published
+            else "the paper publishes no values for these datasets. "
+        )
+        + "OPTIMAL = the best prompt configuration selected on validation (val) or test accuracy.",
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join([":---"] + ["---:"] * (len(HEADER) - 1)) + "|",
+        "| " + " | ".join(HEADER[j] for j in keep) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(keep) - 1)) + "|",
     ]
-    for r in rows:
-        label = f"**{r.label}**" if r.dataset == "AVERAGE" else r.label
-        lines.append("| " + " | ".join([label, *_cells(r, " ± ")]) + " |")
+    for row in table:
+        lines.append("| " + " | ".join(row[j] for j in keep) + " |")
     lines += ["", *_footnotes(rows, "- ")]
     return "\n".join(lines) + "\n"
 
