@@ -2,6 +2,7 @@
 
     make mutants                                  # every mutant, 2 at a time, markdown table on stdout
     .venv/bin/python tests/mutants.py -k warmup   # the mutants whose id contains "warmup"
+    .venv/bin/python tests/mutants.py -x cluster  # all but the mutant checked on the real SLURM
     .venv/bin/python tests/mutants.py --list      # ids, areas and the tests each one runs
 
 Each mutant is applied to a scratch copy of the working tree (the files ``git ls-files`` lists, tracked or
@@ -349,11 +350,12 @@ def check(mutant: Mutant | None, tests: tuple[str, ...]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-k", dest="select", default="", help="only mutants whose id contains this")
+    parser.add_argument("-x", dest="exclude", default=None, help="leave out mutants whose id contains this")
     parser.add_argument("-j", dest="jobs", type=int, default=2, help="mutants checked at a time")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--baseline", action="store_true", help="first run each test selection unmutated")
     args = parser.parse_args()
-    chosen = [m for m in MUTANTS if args.select in m.id]
+    chosen = [m for m in MUTANTS if args.select in m.id and not (args.exclude and args.exclude in m.id)]
     if args.list:
         for m in chosen:
             print(f"{m.id:22} {m.area:11} {m.bug}  [{' '.join(m.tests)}]")

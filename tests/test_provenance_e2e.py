@@ -210,6 +210,11 @@ def test_readme_dvc_walkthrough_reruns_exactly_the_edited_stages_and_the_records
     assert re.search(r"config/demo\.yaml\s+methods\.bias\.lr\s+3\.0\s+2\.0", params_diff), params_diff
     metrics_diff = out["dvc metrics diff"][0]
     assert "/bias/" in metrics_diff and "/prompt/" not in metrics_diff and "/zeroshot/" not in metrics_diff
+    assert "images_per_second" not in metrics_diff and "nan" not in metrics_diff  # results only, no NaN
+    plots_diff = out["dvc plots diff HEAD"][0]
+    assert "dvc_plots/index.html" in plots_diff, plots_diff
+    page = (repo / "dvc_plots/index.html").read_text()
+    assert "train-loss-demo_shapes" in page and "HEAD" in page and "workspace" in page  # both revisions
     _assert_records_state(repo, 2.0, states["lock"])
     # the forced stage retrained (no checkpoint to resume: the finished job removed it)
     forced = out["dvc repro -f -s train-demo_shapes-bias-s1"][0]

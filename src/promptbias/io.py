@@ -175,15 +175,13 @@ def _finite(obj: Any) -> Any:
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, str):
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
         return _finite(obj.tolist())
     return obj
 
 
 def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
+    if isinstance(obj, Path):  # (arrays and numpy/torch scalars were turned into lists by _finite)
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 

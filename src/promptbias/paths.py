@@ -32,6 +32,7 @@ PARAMS = "params.safetensors"  # the learned tensors (a DVC output)
 TRAIN_RECORD = "train.json"  # history, settings, identity, provenance (a DVC output)
 CHECKPOINT = "checkpoint.pt"  # resume state while a job runs; removed when it ends
 LIVE_DIR = "dvclive"  # DVCLive's per-epoch logs
+CURVE = "curve.csv"  # epoch, lr, loss, train accuracy — a DVC plot (dvc plots show / diff)
 
 # files of the demo CLIP folder (demo.clip_dir)
 DEMO_WEIGHTS = "open_clip_model.safetensors"

@@ -8,8 +8,9 @@ is dropped when N ≥ batch. bf16 autocast on CUDA, fp32 on CPU. Text features f
 once per step (once per run when no learnable tensor reaches the text tower).
 
 Outputs in ``runs/<ds>/<method>/seed<S>/``: ``params.safetensors`` (learned tensors, with the job's
-identity in the header), ``train.json`` (per-epoch loss/lr/accuracy, images/s, the job's params values
-and identity, provenance) and ``dvclive/`` (when the project is a DVC repository).
+identity in the header), ``curve.csv`` (epoch, lr, loss, train accuracy: a DVC plot), ``train.json``
+(per-epoch loss/lr/accuracy, images/s, the job's params values and identity, provenance) and
+``dvclive/`` (live per-epoch logs, when the project is a DVC repository).
 
 Resume: a checkpoint is written atomically after every epoch (``checkpoint.pt``: method, optimizer,
 epoch, history, identity) and removed when the job has written its outputs. A rerun resumes from it only
@@ -158,8 +159,7 @@ def train_run(
             f"{m.kind} needs no training — run `promptbias evaluate --method {method_id}` directly"
         )
     out = paths.run_dir(dataset, method_id, seed)
-    for name in (paths.CHECKPOINT, paths.PARAMS, paths.TRAIN_RECORD):
-        remove_stale_temps(out / name)  # left by a killed earlier attempt of this job
+    remove_stale_temps(out / paths.CHECKPOINT)  # a killed attempt's (bind_job sweeps the declared outputs)
     torch.manual_seed(seed)
 
     clip = load_backbone(cfg)
@@ -210,6 +210,7 @@ def train_run(
     # all epochs done: a SIGTERM from here on no longer stops the job (its outputs come next)
     trained = {k: identity[k] for k in TRAINED_IDENTITY}  # code-independent: refactors keep the bytes
     method.save(out / paths.PARAMS, identity=trained, status=status)
+    write_curve(out / paths.CURVE, history)
     record = {
         "dataset": dataset,
         "method": method_id,
@@ -334,6 +335,20 @@ def _train_epoch(
         "seconds": seconds,
         "images_per_second": seen / seconds if seconds > 0 else None,
     }
+
+
+CURVE_COLUMNS = ("epoch", "lr", "loss", "accuracy")  # no timings: the same run gives the same bytes
+
+
+def write_curve(path: Path, history: list[dict[str, Any]]) -> None:
+    """The per-epoch curve as CSV (a DVC plot of the train stage; written atomically)."""
+    from promptbias.io import write_text
+
+    rows = [",".join(CURVE_COLUMNS)]
+    rows += [
+        ",".join(repr(float(h[c])) if c != "epoch" else str(h[c]) for c in CURVE_COLUMNS) for h in history
+    ]
+    write_text(path, "\n".join(rows) + "\n")
 
 
 def epoch_line(record: dict[str, Any], epochs: int, eta_seconds: float) -> str:

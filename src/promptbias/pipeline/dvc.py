@@ -51,6 +51,8 @@ def dvc_stages(pipe: Pipeline) -> dict[str, Any]:
         params = pipe.dvc_params(job.params)
         if params:
             entry["params"] = params
+        # a plot file (Out.plot) is a plain cached output here: the top-level plots (training_curves)
+        # draw it, so `dvc plots show` lists one plot per dataset, not one per file
         outs = [_dvc_out(o.path, o.cache) for o in job.outs if not o.metric]
         metrics = [_dvc_out(o.path, o.cache) for o in job.outs if o.metric]
         if outs:
@@ -69,7 +71,34 @@ def dvc_yaml_text(pipe: Pipeline, stages: dict[str, Any] | None = None) -> str:
         f"{regenerate_command(pipe.params_files)}\n"
     )
     doc = {"params": list(pipe.params_files), "stages": dvc_stages(pipe) if stages is None else stages}
+    plots = training_curves(pipe)
+    if plots:
+        doc["plots"] = plots
     return head + yaml.safe_dump(doc, sort_keys=False, width=200, allow_unicode=True)
+
+
+def training_curves(pipe: Pipeline) -> list[dict[str, Any]]:
+    """Top-level DVC plots: per dataset, the loss and the train accuracy of every run, epoch by epoch
+    (``dvc plots show``; ``dvc plots diff`` against another commit)."""
+    curves: dict[str, list[str]] = {}
+    for job in pipe.jobs():
+        for out in job.outs:
+            if out.plot:
+                curves.setdefault(str(job.wildcards["dataset"]), []).append(out.path)
+    plots = []
+    for dataset, files in curves.items():
+        for column, title in (("loss", "training loss"), ("accuracy", "train accuracy (%)")):
+            plots.append(
+                {
+                    f"train-{column}-{dataset}": {
+                        "title": f"{dataset}: {title} per epoch, every method and seed",
+                        "x": "epoch",
+                        "y": {path: column for path in files},
+                        "template": "linear",
+                    }
+                }
+            )
+    return plots
 
 
 def _dvc_out(path: str, cache: bool) -> Any:

@@ -14,6 +14,7 @@ config files as ``--params``; DVC runs the bare command, which takes the layerin
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -172,7 +173,7 @@ def job_name(stage: Stage, w: Wildcards) -> str:
 
 
 def _format_out(out: Out, w: Wildcards) -> Out:
-    return Out(out.path.format(**w), out.metric, out.cache, out.directory, out.report, out.patterns)
+    return dataclasses.replace(out, path=out.path.format(**w))
 
 
 def get_key(cfg: Config, key: str) -> Any:

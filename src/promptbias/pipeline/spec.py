@@ -39,10 +39,11 @@ TRAIN_KEYS = tuple(
 
 @dataclass(frozen=True)
 class Out:
-    """One output path template. ``metric``: a DVC metric; ``cache``: stored in the DVC cache."""
+    """One output path template. ``metric`` / ``plot``: a DVC metric / plot; ``cache``: in the DVC cache."""
 
     path: str
     metric: bool = False
+    plot: bool = False
     cache: bool = True
     directory: bool = False
     report: str | None = None  # Snakemake report category (figures, report)
@@ -313,6 +314,7 @@ STAGES: tuple[Stage, ...] = (
         outs=lambda cfg: [
             Out(_p(paths.run_file(*_RUN, paths.PARAMS))),
             Out(_p(paths.run_file(*_RUN, paths.TRAIN_RECORD))),
+            Out(_p(paths.run_file(*_RUN, paths.CURVE)), plot=True),  # cached: plots diff reads old revisions
         ],
         matrix=train_matrix,
         deps=lambda cfg, w: [
