@@ -197,7 +197,9 @@ def train_run(
                 _log_live(live, record)
                 done_here = history[start_epoch:]
                 eta = (epochs - epoch - 1) * sum(h["seconds"] for h in done_here) / len(done_here)
-                click.echo(f"{dataset}/{method_id}/seed{seed} {epoch_line(record, epochs, eta)}", err=True)
+                click.echo(
+                    f"{dataset}/{method_id}/seed{seed} {epoch_line(record, epochs, eta)}"
+                )  # stdout: stderr is for errors
             checkpoint.write(method, optimizer, epoch, history, status)
             if sigterm.raised and epoch + 1 < epochs:
                 raise _Preempted

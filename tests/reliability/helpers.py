@@ -107,7 +107,7 @@ def is_atomic_temp(path: Path) -> bool:
 def assert_outputs_parse(root: Path, folders: tuple[str, ...] = ("runs", "metrics")) -> list[Path]:
     """Every output file under ``folders`` parses completely; returns leftover atomic temporaries.
 
-    JSON, safetensors, torch checkpoints (weights_only), DVCLive TSV (equal column counts) and .npy.
+    JSON, safetensors, torch checkpoints (weights_only), DVCLive TSV and curve CSV (equal column counts), .npy.
     """
     import torch
     from safetensors.torch import load_file
@@ -130,10 +130,11 @@ def assert_outputs_parse(root: Path, folders: tuple[str, ...] = ("runs", "metric
                     load_file(str(path))
                 elif path.suffix == ".pt":
                     torch.load(path, map_location="cpu", weights_only=True)
-                elif path.suffix == ".tsv":
-                    rows = list(csv.reader(path.read_text().splitlines(), delimiter="\t"))
-                    assert rows and all(len(r) == len(rows[0]) for r in rows), "ragged TSV"
-                    assert path.read_text().endswith("\n"), "last TSV line is cut"
+                elif path.suffix in (".tsv", ".csv"):  # DVCLive's logs, the training curve
+                    delimiter = "\t" if path.suffix == ".tsv" else ","
+                    rows = list(csv.reader(path.read_text().splitlines(), delimiter=delimiter))
+                    assert rows and all(len(r) == len(rows[0]) for r in rows), "ragged table"
+                    assert path.read_text().endswith("\n"), "last line is cut"
                 elif path.suffix == ".npy":
                     np.load(path)
                 else:

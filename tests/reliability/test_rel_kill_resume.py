@@ -133,9 +133,9 @@ def test_kills_and_preemptions_resume_to_the_uninterrupted_result(base_ws: Works
     assert without_timing(tb["history"]) == without_timing(ta["history"])
     assert tb["status"] == ta["status"] == "ok" and tb["epochs_completed"] == EPOCHS
     metrics = "metrics/demo_shapes/bias/seed1"
-    ma, mb = (strict_json(p / f"{metrics}.json") for p in (a, b))
-    assert without_timing(mb) == without_timing(ma)
-    assert (b / f"{metrics}.per_class.json").read_bytes() == (a / f"{metrics}.per_class.json").read_bytes()
+    assert (b / f"{metrics}.json").read_bytes() == (a / f"{metrics}.json").read_bytes()  # results only
+    sa, sb = (strict_json(p / f"{metrics}.per_class.json") for p in (a, b))
+    assert without_timing(sb) == without_timing(sa)  # the sidecar also holds the evaluation's speed
     tsv = b / RUN / "dvclive/plots/metrics/train/loss.tsv"
     rows = list(csv.DictReader(tsv.read_text().splitlines(), delimiter="\t"))
     assert [int(r["step"]) for r in rows] == list(range(EPOCHS))
