@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -67,6 +68,30 @@ def test_lock_verifies_later_downloads(server: LoopbackServer, tmp_path: Path) -
     with pytest.raises(UserError, match="checksum mismatch"):
         download_file([url], tmp_path / "b" / "g.bin", lock=lock, lock_key="ds/g.bin")
     assert not (tmp_path / "b" / "g.bin").exists()
+
+
+def _follow_lock_advice(message: str) -> None:
+    """Do what a checksum-lock mismatch says: delete the entry it names from the lock file it names."""
+    found = re.search(r'delete the "([^"]+)" entry from (\S+) and fetch again', message)
+    assert found, message
+    lock = Path(found.group(2))
+    entries = json.loads(lock.read_text())
+    del entries[found.group(1)]
+    lock.write_text(json.dumps(entries))
+
+
+def test_lock_mismatch_on_download_names_the_entry_to_delete(server: LoopbackServer, tmp_path: Path) -> None:
+    lock = ChecksumLock(tmp_path / "checksums.lock.json")
+    url = server.add("/h.bin", b"first version")
+    download_file([url], tmp_path / "a" / "h.bin", lock=lock, lock_key="ds/h.bin", retries=0)
+    server.add("/h.bin", b"the source changed on purpose")
+    with pytest.raises(UserError) as err:
+        download_file([url], tmp_path / "b" / "h.bin", lock=lock, lock_key="ds/h.bin", retries=0)
+    assert "\n" not in str(err.value)
+    _follow_lock_advice(str(err.value))
+    out = download_file([url], tmp_path / "b" / "h.bin", lock=lock, lock_key="ds/h.bin", retries=0)
+    assert out.read_bytes() == b"the source changed on purpose"
+    assert lock.get("ds/h.bin") == _sha(b"the source changed on purpose")
 
 
 def test_cut_connection_resumes_with_range(server: LoopbackServer, tmp_path: Path) -> None:
@@ -192,6 +217,30 @@ def test_from_links_an_existing_copy_and_verifies_it(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="SeaLake_4.jpg"):
         fetch_dataset(registry.get("eurosat"), root, source=data)
     assert not out.exists()
+
+
+def test_lock_mismatch_keeps_the_working_split_and_its_advice_works(tmp_path: Path) -> None:
+    data, root, spec = tmp_path / "DATA", tmp_path / "data", registry.get("eurosat")
+    items = _coop_eurosat(data)
+    out = fetch_dataset(spec, root, source=data)
+    working = out.read_bytes()
+    split_file = data / "eurosat" / "split_zhou_EuroSAT.json"
+    recorded = split_file.read_bytes()
+    new_version = json.dumps({**items, "val": items["val"][:1]})
+    split_file.write_text(new_version)  # the copy's split file is not the one recorded in the lock
+    with pytest.raises(UserError) as err:
+        fetch_dataset(spec, root, source=data)
+    assert "\n" not in str(err.value) and f"(a link to {split_file})" in str(err.value)
+    assert out.read_bytes() == working  # the failed fetch left the working split in place
+    # advice, first branch: put the recorded file back
+    split_file.write_bytes(recorded)
+    assert fetch_dataset(spec, root, source=data).read_bytes() == working
+    # advice, second branch: the new version is the one wanted — delete the lock entry the message names
+    split_file.write_text(new_version)
+    with pytest.raises(UserError) as err:
+        fetch_dataset(spec, root, source=data)
+    _follow_lock_advice(str(err.value))
+    assert len(json.loads(fetch_dataset(spec, root, source=data).read_text())["val"]) == 1
 
 
 def test_from_a_folder_without_the_dataset_is_a_clear_error(tmp_path: Path) -> None:

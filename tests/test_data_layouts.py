@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,7 @@ def _write_imagenet(folder: Path) -> tuple[int, int, int]:
             _img(folder / "images" / "train" / wnid / f"{wnid}_{i}.JPEG")
         _img(folder / "images" / "val" / wnid / f"ILSVRC2012_val_{wnid}.JPEG")
     (folder / "images" / "train" / "n01440764" / ".DS_Store").write_bytes(b"")
-    return 6, 2, 2
+    return 6, 0, 2  # val is drawn from train at split time
 
 
 def _write(name: str, folder: Path) -> tuple[int, int, int]:
@@ -190,13 +191,14 @@ def test_fgvc_labels_follow_variants_txt_order(tmp_path: Path) -> None:
     assert sorted({lab for _, lab, _ in split["test"]}) == [0, 1, 2]
 
 
-def test_imagenet_uses_sorted_folders_and_files_and_val_as_test(tmp_path: Path) -> None:
+def test_imagenet_uses_sorted_folders_and_files_and_official_val_as_test_only(tmp_path: Path) -> None:
     _write_imagenet(tmp_path)
     split = load_layout(registry.get("imagenet"), tmp_path)
     assert [r for r, _, _ in split["train"][:3]] == [
         f"images/train/n01440764/n01440764_{i}.JPEG" for i in (1, 2, 3)
     ]
-    assert split["val"] == split["test"] and split["test"][1][1:] == [1, "great white shark"]
+    assert split["test"][1] == ["images/val/n01491361/ILSVRC2012_val_n01491361.JPEG", 1, "great white shark"]
+    assert split["val"] == [] and split["val_from_train"] is True  # val: drawn from train by make_fewshot
 
 
 def test_paths_are_joined_with_image_dir(tmp_path: Path) -> None:
@@ -215,3 +217,93 @@ def test_inconsistent_labels_are_refused(tmp_path: Path) -> None:
     (tmp_path / "split_zhou_DescribableTextures.json").write_text(json.dumps(bad))
     with pytest.raises(UserError, match="label 0 is both"):
         load_layout(registry.get("dtd"), tmp_path)
+
+
+# ------------------------------------------------------------------ empty splits and ImageNet's flat val
+
+
+def _flat_imagenet_val(folder: Path) -> None:
+    """ImageNet with val as ILSVRC2012_img_val.tar unpacks: 50k files directly in images/val/."""
+    _write_imagenet(folder)
+    val = folder / "images" / "val"
+    for i, f in enumerate(sorted(val.glob("*/*.JPEG")), start=1):
+        f.rename(val / f"ILSVRC2012_val_{i:08d}.JPEG")
+    for wnid_dir in val.iterdir():
+        if wnid_dir.is_dir():
+            wnid_dir.rmdir()
+
+
+def test_flat_imagenet_val_is_refused_at_fetch_with_how_to_sort_it(tmp_path: Path) -> None:
+    _flat_imagenet_val(tmp_path / "DATA" / "imagenet")
+    with pytest.raises(UserError) as err:
+        fetch_dataset(registry.get("imagenet"), tmp_path / "data", source=tmp_path / "DATA")
+    msg = str(err.value)
+    val = tmp_path / "data" / "raw" / "imagenet" / "images" / "val"
+    assert (
+        msg.startswith(f"{val}: 2 image(s) lie directly in it, not in <wnid>/ class folders")
+        and "\n" not in msg
+    )
+    assert f"move each into {val}/<wnid>/" in msg and "valprep.sh" in msg
+    assert not (tmp_path / "data" / "raw" / "imagenet.json").exists()
+
+
+def _empty_dtd_test(folder: Path) -> str:
+    _write("dtd", folder)
+    split_file = folder / "split_zhou_DescribableTextures.json"
+    split = json.loads(split_file.read_text())
+    split["test"] = []
+    split_file.write_text(json.dumps(split))
+    return (
+        "split_zhou_DescribableTextures.json: the test split of dtd is empty — replace the file with CoOp's"
+    )
+
+
+def _empty_imagenet_train(folder: Path) -> str:
+    _write("imagenet", folder)
+    for f in (folder / "images" / "train").rglob("*.JPEG"):  # e.g. the per-class tars never unpacked
+        f.unlink()
+    return "images/train: the train split of imagenet is empty — put its images in images/train/<wnid>/"
+
+
+def _empty_fgvc_test(folder: Path) -> str:
+    _write("fgvc_aircraft", folder)
+    (folder / "images_variant_test.txt").write_text("")
+    return "images_variant_test.txt: the test split of fgvc_aircraft is empty — restore the file"
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [("dtd", _empty_dtd_test), ("imagenet", _empty_imagenet_train), ("fgvc_aircraft", _empty_fgvc_test)],
+)
+def test_an_empty_train_or_test_split_is_refused_at_fetch(
+    tmp_path: Path, name: str, make: Callable[[Path], str]
+) -> None:
+    spec = registry.get(name)
+    expected = make(tmp_path / "DATA" / spec.folder)
+    with pytest.raises(UserError) as err:
+        fetch_dataset(spec, tmp_path / "data", source=tmp_path / "DATA")
+    assert expected in str(err.value) and f"rerun `promptbias fetch {name}`" in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "data" / "raw" / f"{name}.json").exists()
+
+
+# ------------------------------------------------------- a trimmed CoOp copy: split json + images only
+
+SPLIT_SOURCES = {  # what CoOp reads only when split_zhou_*.json is missing
+    "oxford_pets": {"annotations"},
+    "stanford_cars": {"devkit", "cars_test_annos_withlabels.mat"},
+    "oxford_flowers": {"imagelabels.mat", "cat_to_name.json"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_SOURCES))
+def test_trimmed_copy_links_without_download_or_split_building_files(name: str, tmp_path: Path) -> None:
+    spec = registry.get(name)
+    coop = tmp_path / "DATA" / spec.folder
+    n_train, n_val, n_test = _write_json_dataset(name, coop)  # the split json and the images, nothing else
+    assert {p for rf in spec.files if rf.split_source for p in rf.present_paths} == SPLIT_SOURCES[name]
+    out = fetch_dataset(spec, tmp_path / "data", source=tmp_path / "DATA")  # download_file refuses
+    loaded = json.loads(out.read_text())
+    assert (len(loaded["train"]), len(loaded["val"]), len(loaded["test"])) == (n_train, n_val, n_test)
+    folder = tmp_path / "data" / "raw" / name
+    assert {e.name for e in folder.iterdir()} == {e.name for e in coop.iterdir()}  # linked what is there
+    assert not any((folder / p).exists() for p in SPLIT_SOURCES[name])

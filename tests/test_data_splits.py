@@ -109,3 +109,65 @@ def test_missing_files_tell_which_command_to_run(tmp_path: Path) -> None:
         load_split(tmp_path, "dtd")
     with pytest.raises(UserError, match="promptbias split dtd --shots 16 --seed 1"):
         load_fewshot(tmp_path, "dtd", 16, 1)
+
+
+def _imagenet_split(tmp_path: Path) -> dict:
+    """The normalised split of an ImageNet folder (3 classes, 12 train and 2 val images each)."""
+    from promptbias.data import registry
+    from promptbias.data.layouts import load_layout
+
+    wnids = ("n01440764", "n01443537", "n01484850")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "classnames.txt").write_text("".join(f"{w} class {w}\n" for w in wnids))
+    for w in wnids:
+        for split, n in (("train", 12), ("val", 2)):
+            (tmp_path / "images" / split / w).mkdir(parents=True)
+            for i in range(n):
+                (tmp_path / "images" / split / w / f"{w}_{split}_{i:02d}.JPEG").write_bytes(b"")
+    return load_layout(registry.get("imagenet"), tmp_path)
+
+
+@pytest.mark.parametrize("shots", [1, 4, 8])
+def test_imagenet_val_is_drawn_from_train_outside_the_fewshot_set(tmp_path: Path, shots: int) -> None:
+    split = _imagenet_split(tmp_path)
+    test = {p for p, _, _ in split["test"]}
+    vals = []
+    for seed in (1, 2, 3):
+        few = make_fewshot(split, shots, seed)
+        assert few["train"] == _dassl_reference(split, shots, seed)[0]  # train: CoOp's subset, unchanged
+        train, val = {p for p, _, _ in few["train"]}, {p for p, _, _ in few["val"]}
+        assert val <= {p for p, _, _ in split["train"]} and not val & train and not val & test
+        per_class: dict[int, int] = defaultdict(int)
+        for _, label, _ in few["val"]:
+            per_class[label] += 1
+        assert per_class == {0: min(shots, 4), 1: min(shots, 4), 2: min(shots, 4)}
+        random.seed(seed + 100)  # the global generator's state must not matter
+        assert make_fewshot(split, shots, seed) == few  # deterministic given the seed
+        vals.append(few["val"])
+    assert vals[0] != vals[1] != vals[2]  # and a function of it
+
+
+@pytest.mark.parametrize("with_imagenet", [True, False])
+def test_table1_caption_says_where_imagenets_val_comes_from(with_imagenet: bool) -> None:
+    from promptbias.render import table1
+
+    def row(dataset: str) -> table1.Row:
+        return table1.Row(dataset, dataset, {prefix: table1.Cell() for prefix, *_ in table1.COLUMNS})
+
+    rows = [row("imagenet" if with_imagenet else "dtd"), row("AVERAGE")]
+    said = "ImageNet's val is drawn from its train images outside the few-shot set"
+    assert (said in table1.markdown(rows).split("\n")[2]) is with_imagenet  # the sentence under the title
+    assert (said in next(ln for ln in table1.latex(rows).splitlines() if "caption" in ln)) is with_imagenet
+
+
+def test_an_imagenet_split_whose_val_is_the_test_set_is_refused(tmp_path: Path) -> None:
+    from promptbias.io import write_json
+
+    old = _imagenet_split(tmp_path / "imagenet")
+    del old["val_from_train"]
+    old["val"] = old["test"]  # as fetched before val was drawn from train
+    write_json(tmp_path / "data" / "raw" / "imagenet.json", old)
+    with pytest.raises(
+        UserError, match=r"imagenet\.json: written by an older .* `promptbias fetch imagenet`"
+    ):
+        load_split(tmp_path / "data", "imagenet")

@@ -105,9 +105,11 @@ class ChecksumLock:
             if entry is None:
                 data[key] = {"sha256": digest, "size": path.stat().st_size}
             elif entry.get("sha256") != digest:
+                where = f"{path} (a link to {path.resolve()})" if path.is_symlink() else str(path)
                 raise UserError(
-                    f"{path}: sha256 {digest[:16]}… does not match {entry['sha256'][:16]}… recorded for {key} in "
-                    f"{self.path} — delete the file and fetch again (or remove the lock entry if the source changed)"
+                    f"{where}: sha256 {digest[:16]}… is not the {entry['sha256'][:16]}… recorded for {key} — if "
+                    f'this file is the one you want, delete the "{key}" entry from {self.path} and fetch again; '
+                    "otherwise put the recorded file back"
                 )
         return digest
 
@@ -213,6 +215,7 @@ def download_file(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    locked = None
     if known_hash is None and lock is not None and lock_key is not None:
         locked = lock.get(lock_key)
         known_hash = f"sha256:{locked}" if locked else None
@@ -230,6 +233,12 @@ def download_file(
             )
         except ValueError:  # pooch: hash mismatch (the download is already deleted)
             part.unlink(missing_ok=True)
+            if locked and lock is not None:
+                raise UserError(
+                    f"{dest.name}: checksum mismatch for the file from {url} (not the sha256 {locked[:16]}… "
+                    f'recorded for {lock_key}) — if the source changed on purpose, delete the "{lock_key}" entry '
+                    f"from {lock.path} and fetch again; otherwise place the recorded file at {dest}"
+                ) from None
             raise UserError(
                 f"{dest.name}: checksum mismatch for the file from {url} (expected {known_hash}) — "
                 f"the source changed or is corrupt; try another mirror or place a verified copy at {dest}"

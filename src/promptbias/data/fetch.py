@@ -4,10 +4,13 @@
     fetch_dataset(registry.get("eurosat"), Path("data"), source="/DATA")  # verify + link /DATA/eurosat
 
 Output: ``<root>/raw/<ds>/`` (the CoOp layout) and ``<root>/raw/<ds>.json`` (the normalised split). The
-json is removed first and written last, atomically, only after every file was verified and every image
-the split names exists — so an interrupted fetch never looks complete. Archives are downloaded to
-``<root>/downloads/<ds>/`` and deleted after extraction unless ``keep_archives``. A file that cannot be
-downloaded produces one line saying which file to place where.
+json is set aside first and written last, atomically, only after every file was verified and every image
+the split names exists — so an interrupted fetch never looks complete. A fetch that fails (UserError)
+puts the previous json back when every image it names is still there, so a working dataset stays usable.
+Archives are downloaded to ``<root>/downloads/<ds>/`` and deleted after extraction unless
+``keep_archives``. A file that cannot be downloaded produces one line saying which file to place where.
+Files that CoOp reads only to build a missing split (``RemoteFile.split_source``) are not demanded once
+the split json is in place: a trimmed copy (split json + images) links without any download.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from promptbias.data.download import ChecksumLock, DownloadFailed, download_file
 from promptbias.data.layouts import load_layout, missing_images
 from promptbias.data.registry import DatasetSpec, RemoteFile
 from promptbias.errors import UserError
-from promptbias.io import write_json
+from promptbias.io import read_json, write_json
 
 LOCK_FILE = "checksums.lock.json"
 
@@ -48,13 +51,36 @@ def fetch_dataset(
     downloads = root / "downloads" / spec.name
     new_dirs = [d for d in (root, root / "raw", target, root / "downloads", downloads) if not d.exists()]
     recorded = {key for key in lock.read() if key.startswith(f"{spec.name}/")}
+    if spec.generator is None and source is not None:
+        _source_folder(spec, Path(source))  # a wrong --from fails before anything is touched
+    previous = done.with_name(f".{done.name}.prev")  # if we are killed, the next fetch's bind_job sweeps it
+    if done.exists():
+        os.replace(done, previous)
     try:
-        return _fetch(
+        out = _fetch(
             spec, root, target, done, lock, source, keep_archives, demo_seed, max_bytes, retries, backoff
         )
     except UserError:
         _roll_back(spec, target, lock, recorded, new_dirs)
+        _restore(previous, done, target)
         raise
+    previous.unlink(missing_ok=True)
+    return out
+
+
+def _restore(previous: Path, done: Path, target: Path) -> None:
+    """Put the json of the last successful fetch back when the folder still holds every image it names."""
+    if not previous.is_file():
+        return
+    try:
+        old = read_json(previous)
+        usable = not missing_images(target, old)
+    except (OSError, ValueError, KeyError, TypeError):
+        usable = False
+    if usable:
+        os.replace(previous, done)
+    else:
+        previous.unlink(missing_ok=True)
 
 
 def _roll_back(
@@ -84,15 +110,20 @@ def _fetch(
     retries: int,
     backoff: float,
 ) -> Path:
-    if spec.generator is None and source is not None:
-        _source_folder(spec, Path(source))  # a wrong --from fails before anything is touched
-    done.unlink(missing_ok=True)
     target.mkdir(parents=True, exist_ok=True)
     if spec.generator is not None:
         _generate(spec, target, demo_seed)
     elif source is not None:
         link_copy(spec, Path(source), target)
+    needed = [rf for rf in spec.files if not rf.split_source]
+    for rf in needed:  # the split json among them: in place before the split-building files are looked at
+        _ensure(spec, rf, root, target, lock, keep_archives, max_bytes, retries, backoff)
+    has_split = spec.split_file is not None and (target / spec.split_file).is_file()
     for rf in spec.files:
+        if not rf.split_source:
+            continue
+        if has_split and not all((target / p).exists() for p in rf.present_paths):
+            continue  # CoOp reads it only to build a missing split: nothing to demand or download
         _ensure(spec, rf, root, target, lock, keep_archives, max_bytes, retries, backoff)
     split = load_layout(spec, target)
     missing = missing_images(target, split)

@@ -11,12 +11,17 @@ result does not depend on where the folder lives. Parsers, by ``DatasetSpec.layo
 * ``fgvc`` — FGVCAircraft's ``images_variant_{train,val,test}.txt`` (``<id> <variant words…>``); labels
   are the line order of ``variants.txt``; images are ``images/<id>.jpg``.
 * ``imagenet`` — ``images/{train,val}/<wnid>/*`` with labels = sorted wnid folders, class names from
-  ``classnames.txt`` (``<wnid> <name…>``); official val is the test set and, as in CoOp, also val.
-  Files within a class are sorted by name (CoOp uses ``os.listdir`` order, which depends on the
-  filesystem), so the output is the same on every machine.
+  ``classnames.txt`` (``<wnid> <name…>``); official val is the test set. CoOp also uses it as val,
+  which would select on test images, so here ``val`` is empty and the split says
+  ``"val_from_train": true``: :func:`promptbias.data.splits.make_fewshot` draws val from the train
+  images outside the few-shot set. Files within a class are sorted by name (CoOp uses ``os.listdir``
+  order, which depends on the filesystem), so the output is the same on every machine, and the
+  few-shot subsets differ from CoOp's in general. A flat ``images/val/`` (how the ILSVRC2012 val tar
+  unpacks, no class folders) is refused with how to sort it.
 
 ``classnames`` lists the prompt-ready name per label (underscores → spaces); items keep the raw class
-name of the split file, as Dassl does.
+name of the split file, as Dassl does. An empty train or test split is refused (one line naming the
+file or folder it came from), so a dataset that would train or evaluate on nothing never fetches.
 """
 
 from __future__ import annotations
@@ -40,14 +45,44 @@ def load_layout(spec: DatasetSpec, folder: Path) -> dict[str, Any]:
     if parser is None:
         raise ValueError(f"{spec.name}: unknown layout {spec.layout!r}")
     splits = parser(spec, folder)
-    return {
+    classnames = _classnames(spec, splits)
+    for name in ("train", "test"):
+        if not splits[name]:
+            raise UserError(
+                f"{_source_of(spec, folder, name)}: the {name} split of {spec.name} is empty — "
+                f"{_empty_fix(spec, name)}, then rerun `promptbias fetch {spec.name}`"
+            )
+    out: dict[str, Any] = {
         "dataset": spec.name,
-        "classnames": _classnames(spec, splits),
+        "classnames": classnames,
         "template": spec.template,
         "train": splits["train"],
         "val": splits["val"],
         "test": splits["test"],
     }
+    if spec.layout == "imagenet":
+        out["val_from_train"] = True
+    return out
+
+
+def _source_of(spec: DatasetSpec, folder: Path, split: str) -> Path:
+    """The file or folder a split of ``spec`` is read from."""
+    if spec.layout == "fgvc":
+        return folder / f"images_variant_{split}.txt"
+    if spec.layout == "imagenet":
+        return folder / spec.image_dir / ("val" if split == "test" else split)
+    assert spec.split_file is not None
+    return folder / spec.split_file
+
+
+def _empty_fix(spec: DatasetSpec, split: str) -> str:
+    if spec.layout == "imagenet":
+        return (
+            f"put its images in {spec.image_dir}/{'val' if split == 'test' else split}/<wnid>/ class folders"
+        )
+    if spec.layout == "fgvc":
+        return "restore the file from fgvc-aircraft-2013b.tar.gz"
+    return f"replace the file with CoOp's {spec.split_file}"
 
 
 def _required(spec: DatasetSpec, path: Path) -> Path:
@@ -112,6 +147,14 @@ def _imagenet(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
     for split in ("train", "val"):
         split_dir = _required(spec, folder / spec.image_dir / split)
         wnids = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+        loose = sum(1 for e in os.scandir(split_dir) if e.is_file() and e.name.lower().endswith(_IMAGE_EXT))
+        if loose:
+            how = " (how ILSVRC2012_img_val.tar unpacks)" if split == "val" else ""
+            raise UserError(
+                f"{split_dir}: {loose} image(s) lie directly in it, not in <wnid>/ class folders{how} — move "
+                f"each into {split_dir}/<wnid>/ by its label (e.g. run valprep.sh from "
+                f"github.com/soumith/imagenetloader.torch inside it), then rerun `promptbias fetch {spec.name}`"
+            )
         items: list[Item] = []
         for label, wnid in enumerate(wnids):
             if wnid not in names:
@@ -125,7 +168,7 @@ def _imagenet(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
             )
             items += [[f"{spec.image_dir}/{split}/{wnid}/{f}", label, names[wnid]] for f in files]
         out["test" if split == "val" else "train"] = items
-    out["val"] = out["test"]
+    out["val"] = []  # drawn from train at split time (make_fewshot: val_from_train)
     return out
 
 

@@ -36,6 +36,9 @@ class RemoteFile:
     "folder" (content that can only be placed by hand, e.g. ImageNet's images).
     ``provides`` are paths (relative to the dataset folder) that exist once this file is in place;
     when they all exist the file is not fetched again.
+    ``split_source`` marks a file that CoOp reads only to *build* a split when ``split_zhou_*.json`` is
+    missing (Pets ``annotations/``, Cars ``devkit/`` and test labels, Flowers ``imagelabels.mat`` and
+    ``cat_to_name.json``): with the split json in place it is verified when present and never fetched.
     """
 
     name: str
@@ -48,6 +51,7 @@ class RemoteFile:
     provides: tuple[str, ...] = ()
     notes: str = ""
     manual: str = ""
+    split_source: bool = False
 
     @property
     def target(self) -> str:
@@ -123,7 +127,10 @@ _SPECS: tuple[DatasetSpec, ...] = (
                 manual="download it from https://drive.google.com/file/d/1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF/view",
             ),
         ),
-        notes="official val used as test (and as val, like CoOp); train files sorted by name",
+        notes=(
+            "official val used as test; val drawn from train images outside the few-shot set (CoOp uses "
+            "test as val); class folders and files sorted by name"
+        ),
     ),
     DatasetSpec(
         name="caltech101",
@@ -177,6 +184,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
                 hash="md5:95a8c909bbe2e81eed6a22bccdf3f68f",
                 kind="archive",
                 provides=("annotations",),
+                split_source=True,
             ),
             _split_json("split_zhou_OxfordPets.json", "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"),
         ),
@@ -216,6 +224,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
                 urls=("https://ai.stanford.edu/~jkrause/cars/car_devkit.tgz",),
                 kind="archive",
                 provides=("devkit",),
+                split_source=True,
                 notes="attached to pytorch/vision #7545; Kaggle meaninglesslives/cars-devkit",
                 manual="get car_devkit.tgz from pytorch/vision issue #7545 and extract devkit/ there",
             ),
@@ -224,6 +233,7 @@ _SPECS: tuple[DatasetSpec, ...] = (
                 urls=("http://ai.stanford.edu/~jkrause/car196/cars_test_annos_withlabels.mat",),
                 notes="attached to pytorch/vision #7545",
                 manual="get it from pytorch/vision issue #7545",
+                split_source=True,
             ),
             _split_json("split_zhou_StanfordCars.json", "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"),
         ),
@@ -249,11 +259,13 @@ _SPECS: tuple[DatasetSpec, ...] = (
                 name="imagelabels.mat",
                 urls=("https://www.robots.ox.ac.uk/~vgg/data/flowers/102/imagelabels.mat",),
                 hash="md5:e0620be6f572b9609742df49c70aed4d",
+                split_source=True,
             ),
             RemoteFile(
                 name="cat_to_name.json",
                 urls=gdrive("1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0"),
                 manual="download it from https://drive.google.com/file/d/1AkcxCXeK_RCGCEC_GvmWxjcjaNhu-at0/view",
+                split_source=True,
             ),
             _split_json("split_zhou_OxfordFlowers.json", "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"),
         ),

@@ -9,6 +9,11 @@ seeded with S; items grouped by label in order of first appearance; per class
 ``random.sample(items, K)`` (all items, drawing nothing, when a class has fewer); train first, then
 val with min(K, 4) from the same random stream. Given the same split file the subsets equal the
 reference ones. Items keep their relative paths, so the output is the same on every machine.
+
+ImageNet is the one departure (its split says ``"val_from_train": true``): CoOp's val is its test set,
+so selecting on val would select on test images. Its val is instead min(K, 4) per class drawn, from the
+same random stream right after train, from the train images *not* in the K-shot train subset —
+disjoint from both train and test, and a function of the seed. The train subset is unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from promptbias import paths
+from promptbias.data.registry import REGISTRY
 from promptbias.errors import UserError
 from promptbias.io import read_json
 
@@ -42,7 +48,12 @@ def make_fewshot(split: dict[str, Any], shots: int, seed: int) -> dict[str, Any]
     """The K-shot train subset and min(K, 4)-shot val subset for one seed."""
     rng = random.Random(seed)  # the same stream as random.seed(seed) on the global generator
     train = sample_per_class(split["train"], shots, rng)
-    val = sample_per_class(split["val"], min(shots, VAL_SHOTS_CAP), rng)
+    if split.get("val_from_train"):
+        chosen = {item[0] for item in train}
+        pool = [item for item in split["train"] if item[0] not in chosen]
+    else:
+        pool = split["val"]
+    val = sample_per_class(pool, min(shots, VAL_SHOTS_CAP), rng)
     return {"dataset": split["dataset"], "shots": shots, "seed": seed, "train": train, "val": val}
 
 
@@ -53,7 +64,14 @@ def load_split(root: Path | str, dataset: str) -> dict[str, Any]:
         raise UserError(
             f"{path}: dataset {dataset!r} is not fetched — run `promptbias fetch {dataset}` first"
         )
-    return _read(path, f"promptbias fetch {dataset}")
+    split = _read(path, f"promptbias fetch {dataset}")
+    spec = REGISTRY.get(dataset)
+    if spec is not None and spec.layout == "imagenet" and not split.get("val_from_train"):
+        raise UserError(
+            f"{path}: written by an older promptbias (val = the test set) — run `promptbias fetch {dataset}` "
+            "again to draw val from train images"
+        )
+    return split
 
 
 def _read(path: Path, remake: str) -> dict[str, Any]:

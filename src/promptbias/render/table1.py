@@ -198,7 +198,8 @@ def markdown(rows: list[Row]) -> str:
             if published
             else "the paper publishes no values for these datasets. "
         )
-        + "OPTIMAL = the best prompt configuration selected on validation (val) or test accuracy.",
+        + "OPTIMAL = the best prompt configuration selected on validation (val) or test accuracy."
+        + (IMAGENET_VAL if _has_imagenet(rows) else ""),
         "",
         "| " + " | ".join(HEADER[j] for j in keep) + " |",
         "|" + "|".join([":---"] + ["---:"] * (len(keep) - 1)) + "|",
@@ -207,6 +208,13 @@ def markdown(rows: list[Row]) -> str:
         lines.append("| " + " | ".join(row[j] for j in keep) + " |")
     lines += ["", *_footnotes(rows, "- ")]
     return "\n".join(lines) + "\n"
+
+
+IMAGENET_VAL = " ImageNet's val is drawn from its train images outside the few-shot set (its official val is the test set)."
+
+
+def _has_imagenet(rows: list[Row]) -> bool:
+    return any(r.dataset == "imagenet" for r in rows)
 
 
 def _footnotes(rows: list[Row], bullet: str) -> list[str]:
@@ -242,7 +250,9 @@ def latex(rows: list[Row]) -> str:
         r"\begin{table}[t]",
         r"\centering",
         r"\caption{Validating the importance of bias: top-1 accuracy (\%, mean $\pm$ std over seeds) beside the "
-        r"published values; $\Delta$ = ours $-$ paper. OPTIMAL is selected on validation (val) or test accuracy.}",
+        r"published values; $\Delta$ = ours $-$ paper. OPTIMAL is selected on validation (val) or test accuracy."
+        + (IMAGENET_VAL if _has_imagenet(rows) else "")
+        + "}",
         r"\label{tab:table1}",
         r"\resizebox{\linewidth}{!}{%",
         rf"\begin{{tabular}}{{{cols}}}",
