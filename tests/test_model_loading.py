@@ -51,7 +51,7 @@ def test_wrong_architecture_weights_is_a_user_error(tmp_path, tiny_clip):
             "/nonexistent/weights.safetensors",
             "weights file '/nonexistent/weights.safetensors' not found",
         ),
-        ("RN50", None, "needs an open_clip VisionTransformer"),
+        ("RN50", None, "RN50 has a ModifiedResNet image tower, which promptbias does not support"),
     ],
 )
 def test_bad_model_choices_fail_with_one_line(name, pretrained, message):

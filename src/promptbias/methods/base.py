@@ -3,7 +3,7 @@
     method = build_method("prompt", clip, classnames, "a photo of a {}.", n_ctx_text=1, ...)
     txt = method.text_features(clip.model)          # C×E, L2-normalised, context truncated
     img = method.image_features(clip.model, x)      # B×E, L2-normalised
-    logits = method.logits(clip.model, x)           # B×C = exp(logit_scale) · cos
+    logits = method.logits(clip.model, x)           # B×C = exp(logit_scale) · cos (+ logit_bias if any)
     method.save("params.safetensors"); Method.load("params.safetensors", clip, classnames, template)
 
 A method's ``state_dict`` holds only its learnable tensors (the frozen CLIP is passed in, never
@@ -139,7 +139,9 @@ class Method(nn.Module):
     ) -> torch.Tensor:
         txt = self.text_features(model) if text_features is None else text_features
         img = self.image_features(model, images)
-        return model.logit_scale.exp() * img @ txt.to(img.dtype).T  # B×C
+        logits = model.logit_scale.exp() * img @ txt.to(img.dtype).T  # B×C
+        bias = getattr(model, "logit_bias", None)  # a learned scalar (SigLIP-style); open_clip adds it too
+        return logits if bias is None else logits + bias.to(logits.dtype)
 
     def num_learnable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

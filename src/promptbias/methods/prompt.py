@@ -86,7 +86,7 @@ class DeepPrompts(Method):
         if not ctx_init or n == 0 or n > 4:
             return None
         ids = clip.tokenizer([ctx_init])[0]
-        eos = int(ids.argmax())
+        eos = int(ids.argmax())  # CLIP tokenizer: EOT has the largest id (HF ones are refused at load)
         words = ids[1:eos].tolist()
         return words if n <= len(words) else None
 

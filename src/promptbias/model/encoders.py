@@ -85,6 +85,8 @@ class TextParts:
         if text is not None:  # CustomTextCLIP: text tower under model.text
             if getattr(text, "cls_emb", None) is not None:
                 raise TypeError("text towers with a CLS embedding (CoCa-style) are not supported")
+            if getattr(text, "use_pad_mask", False):
+                raise TypeError("text towers with a padding attention mask (use_pad_mask) are not supported")
             return cls(
                 token_embedding=text.token_embedding,
                 positional_embedding=text.positional_embedding,
@@ -112,12 +114,21 @@ def check_model(model: torch.nn.Module) -> None:
     visual = model.visual
     if getattr(visual, "attn_pool", None) is not None:
         raise TypeError("vision towers with attentional pooling are not supported")
-    for blk in visual.transformer.resblocks:
-        check_block(blk)
+    check_blocks(visual.transformer.resblocks)
     parts = TextParts.of(model)
     if parts.pool_type not in ("argmax", "eos", "first", "last"):
         raise TypeError(f"text pool type {parts.pool_type!r} is not supported")
-    for blk in parts.transformer.resblocks:
+    check_blocks(parts.transformer.resblocks)
+
+
+def check_blocks(blocks: Sequence[torch.nn.Module]) -> None:
+    """TypeError unless every block is open_clip's default one (a q/k-norm block would give wrong numbers).
+
+    Called by the encoders on every pass (a few isinstance checks), so a model that did not come through
+    ``load_clip`` fails here instead of silently running the sdpa/explicit/fast paths on a block they do
+    not reproduce.
+    """
+    for blk in blocks:
         check_block(blk)
 
 
@@ -160,6 +171,7 @@ def encode_image(
     """Image features B×E (not normalised)."""
     visual = model.visual
     blocks = visual.transformer.resblocks
+    check_blocks(blocks)
     cls_only = (
         prune_last
         and attention == "sdpa"
@@ -212,6 +224,7 @@ def encode_text(
     Every combination gives the same features (tests/test_perf_exactness.py).
     """
     parts = TextParts.of(model)
+    check_blocks(parts.transformer.resblocks)
     on_gpu = tokens.is_cuda
     buckets = (1 if on_gpu else 4) if buckets is None else buckets
     shared_prefix = (not on_gpu) if shared_prefix is None else shared_prefix

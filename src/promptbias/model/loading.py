@@ -8,6 +8,12 @@
 Configs in ``promptbias/model/configs/*.json`` are registered with ``open_clip.add_model_config`` on
 import. All weights are frozen (``requires_grad_(False)``, ``logit_scale`` included) and the model is
 put in eval mode; the methods add their own learnable tensors on top.
+
+Only open_clip CLIPs whose towers the block-by-block encoders reproduce are accepted: a ViT image tower
+and open_clip's own text transformer with CLIP's tokenizer, default blocks (no q/k-norm or other custom
+block). Anything else (CoCa, timm/ResNet image towers, HF text towers or tokenizers — CLIPA, "worldwide",
+SigLIP, …) is refused in one line by :func:`check_config` from the model config, before anything is built
+or downloaded.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
             f"model.name: unknown open_clip model {name!r} — pick one of open_clip.list_models() "
             f"or a shipped config ({', '.join(SHIPPED_CONFIGS)})"
         )
+    check_config(name)  # from the config alone: nothing is built or downloaded for an unsupported model
     pretrained = pretrained or None
     if pretrained is not None and not _is_weights_file(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -138,6 +145,66 @@ def _quiet_random_init(pretrained: str | None) -> Iterator[None]:
 
 def _is_weights_file(pretrained: str) -> bool:
     return Path(pretrained).is_file()
+
+
+# Block options of open_clip's Transformer that swap in CustomResidualAttentionBlock (q/k-norm, scaled-cosine
+# attention, extra norms): the sdpa/explicit paths and the fast text path re-implement the default block only.
+CUSTOM_BLOCK_KEYS = (
+    "qk_norm",
+    "scaled_cosine_attn",
+    "scale_heads",
+    "scale_attn_inner",
+    "scale_attn",
+    "scale_fc",
+)
+
+
+def unsupported_reason(cfg: dict[str, Any]) -> str | None:
+    """What in an open_clip model config promptbias cannot run block by block (None: nothing).
+
+    Decided from the config dict only — nothing is built, no weights or tokenizer files are fetched.
+    """
+    vision = cfg.get("vision_cfg", {})
+    text = cfg.get("text_cfg", {})
+    if "multimodal_cfg" in cfg:
+        return "a CoCa captioning decoder (multimodal_cfg)"
+    if vision.get("timm_model_name"):
+        return f"a timm image tower ({vision['timm_model_name']})"
+    if isinstance(vision.get("layers"), list | tuple):
+        return "a ModifiedResNet image tower"
+    if vision.get("attentional_pool"):
+        return "an attentional-pooling image tower (vision_cfg.attentional_pool)"
+    if text.get("hf_model_name"):
+        return f"a Hugging Face text tower ({text['hf_model_name']})"
+    if text.get("hf_tokenizer_name"):
+        # prompts go right after a start token and EOS is found as CLIP's tokenizer places it; an HF tokenizer
+        # also needs `transformers` and a download
+        return f"a Hugging Face tokenizer ({text['hf_tokenizer_name']})"
+    if text.get("embed_cls"):
+        return "a text CLS embedding (text_cfg.embed_cls, CoCa-style)"
+    if text.get("use_pad_mask") and text.get("no_causal_mask"):
+        return "a padding attention mask in the text tower (text_cfg.use_pad_mask)"
+    if text.get("pool_type", "argmax") not in ("argmax", "eos", "first", "last"):
+        return f"text pool type {text['pool_type']!r}"
+    for tower, sub in (("vision_cfg", vision), ("text_cfg", text)):
+        flags = [k for k in CUSTOM_BLOCK_KEYS if sub.get(k)]
+        if flags or sub.get("block_type") == "custom":
+            what = ", ".join(flags) or "block_type=custom"
+            return f"custom transformer blocks ({tower}: {what})"
+    return None
+
+
+def check_config(name: str) -> None:
+    """Refuse a model in one line from its open_clip config, before anything is built or downloaded."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    reason = unsupported_reason(cfg or {})
+    if reason is not None:
+        raise UserError(
+            f"model.name: {name} has {reason}, which promptbias does not support — pick a CLIP ViT model "
+            "with open_clip's own text tower (e.g. ViT-B-16-quickgelu, ViT-L-14)"
+        )
 
 
 def _check_supported(model: torch.nn.Module, name: str) -> None:

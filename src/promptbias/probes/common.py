@@ -170,7 +170,8 @@ def scaled_cosine(ctx: ProbeContext, img: torch.Tensor, txt: torch.Tensor) -> to
 
 
 def _word_ids(tokenizer: Any, text: str) -> list[int]:
-    """BPE ids of ``text`` without SOS/EOS (works for open_clip's SimpleTokenizer and HF tokenizers)."""
+    """BPE ids of ``text`` without SOS/EOS (CLIP's SimpleTokenizer: EOT has the largest id; HF tokenizers are
+    refused at load, see ``promptbias.model.loading.check_config``)."""
     if not text.strip():
         return []
     row = tokenizer([text])[0]
