@@ -130,7 +130,9 @@ def test_paper_config_plans_every_dataset_method_seed():
     assert len(ds) == 11 and len(seeds) == 3
     assert {
         (j.wildcards["dataset"], j.wildcards["method"], j.wildcards["seed"]) for j in by_stage["train"]
-    } == {(d, m, str(s)) for d in ds for m in ("prompt", "bias") for s in seeds}
+    } == {(d, m, str(s)) for d in ds for m in ("prompt", "bias") for s in seeds} | {
+        (d, "prompt-d12-n4", "1") for d in ds
+    }  # Figs. 2-3's 4+4 prompt model, trained for the probe seed only
     assert len(by_stage["evaluate"]) == 11 * 3 * 3
     assert "pretrain-demo" not in by_stage  # the paper uses the OpenAI weights
     assert 150 <= len(jobs) <= 300, f"{len(jobs)} DVC stages — keep it in the low hundreds"
@@ -235,9 +237,10 @@ def test_snakemake_dry_run_plans_the_paper(tmp_path):
     proj = project_copy(tmp_path)
     res = run(["snakemake", "-n", "--cores", "all", "--resources", "gpu=4"], proj, timeout=600)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
-    assert int(counts["train"]) == 11 * 2 * 3
+    assert int(counts["train"]) == 11 * 2 * 3 + 11  # + the 4+4 prompt model of Figs. 2-3 (probe seed)
     assert int(counts["evaluate"]) == 11 * 3 * 3
     assert int(counts["fetch"]) == 11 and int(counts["split"]) == 33 and int(counts["render"]) == 1
+    assert int(counts["aggregate"]) == 1 and int(counts["probe"]) == 11 * 4  # 3 methods + the 4+4 model
 
 
 def test_snakemake_reports_bad_params_in_one_line(tmp_path):

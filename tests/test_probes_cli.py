@@ -151,3 +151,44 @@ def test_probe_cli_user_errors(workspace):
         cli, _args("probe", "maps", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1")
     )
     assert result.exit_code != 0 and "promptbias train" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("files", "figure", "new_trains"),
+    [
+        (("params.yaml",), "prompt-d12-n4", 11),  # the paper: no evaluated run is 4+4 in every layer
+        (("params.yaml", "config/demo.yaml"), "prompt-d4-n4", 1),  # the demo grid trains it on demo_shapes
+    ],
+    ids=["paper", "demo"],
+)
+def test_the_relevancy_prompt_model_is_probed_and_trained_on_every_sweep_dataset(files, figure, new_trains):
+    from promptbias.pipeline.plan import Pipeline
+
+    pipe = Pipeline.from_files([str(REPO / f) for f in files])
+    jobs = list(pipe.jobs())
+    probed = {
+        j.wildcards["dataset"] for j in jobs if j.stage.name == "probe" and j.wildcards["method"] == figure
+    }
+    assert probed == set(pipe.cfg["sweep"]["datasets"])
+    trained = {(j.wildcards["dataset"], j.wildcards["seed"]) for j in jobs
+               if j.stage.name == "train" and j.wildcards["method"] == figure}  # fmt: skip
+    evaluated = {(j.wildcards["dataset"], j.wildcards["seed"]) for j in jobs
+                 if j.stage.name == "evaluate" and j.wildcards["method"] == figure}  # fmt: skip
+    assert {(d, str(s)) for d in probed for s in pipe.cfg["probes"]["seeds"]} <= trained
+    assert len(trained - evaluated) == new_trains  # trained for the figures only: the cost
+
+
+def test_zeroshot_relevancy_uses_the_configured_template(workspace):
+    template = "a drawing of a {}."  # not the dataset's template
+    _invoke("--set", f"probes.relevancy_template={template}", "probe", "relevancy", "attention_stats",
+            "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "1")  # fmt: skip
+    out = workspace / "probes/demo_shapes/zeroshot/seed1"
+    rel = json.loads((out / "relevancy.json").read_text())
+    assert rel["conventions"]["zeroshot_template"] == template
+    assert rel["settings"]["relevancy_template"] == template
+    stats = pd.read_parquet(out / "attention_stats.parquet")
+    assert (
+        stats[(stats.branch == "text") & (stats.variant == "eos_row") & (stats.key == "template")].empty
+        is False
+    )
+    assert json.loads((out / "attention_stats.json").read_text())["settings"]["relevancy_template"] is None

@@ -234,3 +234,31 @@ def test_key_contribution_of_all_keys_is_the_attention_output(tiny_clip, tiny_im
 def test_settings_from_config():
     s = ProbeSettings.from_config({"batch_size": 4, "start_layer": 1, "map_images": 2, "rotations": [0, 180]})
     assert (s.batch_size, s.start_layer, s.map_images, s.rotations) == (4, 1, 2, (0, 180))
+
+
+def test_text_positions_average_the_papers_way_and_the_reached_way():
+    """pos_<j> (norm): every caption counts, 0 at/after its EOS; norm_reached: only captions before EOS."""
+    from promptbias.probes.common import Accumulator
+    from promptbias.probes.relevancy import _text_readout
+
+    L = 6
+    R = torch.zeros(2, L, L)
+    eos = torch.tensor([2, 4])
+    R[0, 2, :3] = torch.tensor([1.0, 3.0, 5.0])  # caption 0: EOS at 2 → others = 1 + 3
+    R[1, 4, :5] = torch.tensor([2.0, 2.0, 2.0, 2.0, 9.0])  # caption 1: EOS at 4 → others = 8
+    masks = {g: torch.zeros(2, L, dtype=torch.bool) for g in ("sos", "prompt", "template", "category",
+                                                               "period", "eos")}  # fmt: skip
+    masks["sos"][:, 0] = True
+    masks["template"][0, 1:2] = masks["template"][1, 1:4] = True  # the words: the group sums cover the row
+    masks["eos"][0, 2] = masks["eos"][1, 4] = True
+    acc = Accumulator()
+    _text_readout(acc, R, eos, masks, n_ctx=0, last=4)
+    got = {(v, k): (val, n) for (_, _, _, v, k, val, n) in acc.rows() if k.startswith("pos_")}
+    # position 1: caption 0 has 3/4, caption 1 has 2/8 → both reach it
+    assert got[("norm", "pos_1")] == (pytest.approx((0.75 + 0.25) / 2), 2)
+    # position 3: caption 0 is past its EOS (counts as 0), caption 1 has 2/8
+    assert got[("norm", "pos_3")] == (pytest.approx(0.25 / 2), 2)
+    assert got[("norm_reached", "pos_3")] == (pytest.approx(0.25), 1)
+    # position 4 is caption 1's EOS: 0 for everyone in the paper's average, nobody reaches it otherwise
+    assert got[("norm", "pos_4")] == (0.0, 2) and ("norm_reached", "pos_4") not in got
+    assert ("norm", "pos_5") not in got  # past every caption's EOS: not written

@@ -40,9 +40,9 @@ TIMING = {
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _walkthrough_lines() -> list[str]:
+def _walkthrough_lines(name: str = "dvc") -> list[str]:
     text = (REPO / "README.md").read_text()
-    block = text.split("<!-- walkthrough: dvc -->", 1)[1].split("```", 2)[1]
+    block = text.split(f"<!-- walkthrough: {name} -->", 1)[1].split("```", 2)[1]
     return [line.split("  #", 1)[0].strip() for line in block.strip().splitlines() if line.strip()]
 
 
@@ -209,8 +209,18 @@ def test_readme_dvc_walkthrough_reruns_exactly_the_edited_stages_and_the_records
     params_diff = out["dvc params diff"][0]
     assert re.search(r"config/demo\.yaml\s+methods\.bias\.lr\s+3\.0\s+2\.0", params_diff), params_diff
     metrics_diff = out["dvc metrics diff"][0]
-    assert "/bias/" in metrics_diff and "/prompt/" not in metrics_diff and "/zeroshot/" not in metrics_diff
+    assert "/bias.json" in metrics_diff and "/prompt" not in metrics_diff and "/zeroshot" not in metrics_diff
     assert "images_per_second" not in metrics_diff and "nan" not in metrics_diff  # results only, no NaN
+    shown = out["dvc metrics show"][0].splitlines()
+    assert shown[0].split() == ["Path", "acc", "macro", "seeds", "std", "val"]
+    assert len(shown) == 1 + len(
+        {
+            j.wildcards["dataset"] + j.wildcards["method"]
+            for j in _jobs(repo).values()
+            if j.stage.name == "evaluate"
+        }
+    )
+    assert max(map(len, shown)) <= 80, shown  # one short row per dataset × method
     plots_diff = out["dvc plots diff HEAD"][0]
     assert "dvc_plots/index.html" in plots_diff, plots_diff
     page = (repo / "dvc_plots/index.html").read_text()
@@ -227,6 +237,37 @@ def test_readme_dvc_walkthrough_reruns_exactly_the_edited_stages_and_the_records
     )
     assert not (repo / "runs/demo_shapes/bias/seed1/checkpoint.pt").exists()
     assert not run(["git", "status", "--porcelain"], repo).stdout.strip()  # no job touched git
+
+
+def test_readme_dvc_experiments_dry_run_workspace_queue_show_apply(walkthrough, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(walkthrough["repo"], repo, symlinks=True)
+    expected = _reading(repo, BIAS_LR[1])
+    files = _snapshot(repo)
+    out = {}
+    for line in _walkthrough_lines("dvc-exp"):
+        words = line.split()  # dvc exp run --dry … → "dry"; dvc exp show … → "show"
+        key = (words[3] if words[2] == "run" else words[2]).lstrip("-")
+        out[key] = run(["bash", "-c", line], repo, timeout=1800)
+        if line.startswith("dvc exp run --dry"):
+            assert _snapshot(repo) == files  # a dry run writes nothing in the workspace
+    dry = out["dry"].stdout + out["dry"].stderr
+    assert set(re.findall(r"Running stage '([^']+)'", dry)) == expected  # exactly bias's stages would run
+    ran = set(re.findall(r"Running stage '([^']+)'", out["n"].stdout + out["n"].stderr))
+    assert ran == expected | {"aggregate", "render"}
+    table = [line.split("|")[1:-1] for line in out["show"].stdout.splitlines() if line.startswith("|")]
+    header, rows = [c.strip() for c in table[0]], {r[0].strip(): [c.strip() for c in r] for r in table[2:]}
+    lr = header.index(f"{BIAS_LR[0]}:{BIAS_LR[1]}")
+    acc = header.index("metrics/demo_shapes/bias.json:acc")
+    by_name = {name.split("[")[-1].rstrip("]"): row for name, row in rows.items() if "[" in name}
+    assert {n: float(r[lr]) for n, r in by_name.items()} == {"bias-lr-1": 1.0, "bias-lr-4": 4.0}
+    assert set(header) <= {"Experiment", f"{BIAS_LR[0]}:{BIAS_LR[1]}"} | {
+        f"metrics/{d}/bias.json:acc" for d in ("demo_shapes", "demo_aerial")
+    }
+    # the queued experiment, applied: its params, records and metrics agree with the table
+    _assert_records_state(repo, 4.0)
+    applied = strict_json(repo / "metrics/demo_shapes/bias.json")
+    assert applied["acc"] == float(by_name["bias-lr-4"][acc])
 
 
 def test_a_pulled_clone_reruns_only_the_data_stages(walkthrough):

@@ -206,6 +206,23 @@ def test_every_expected_output_exists_and_is_not_empty(demo):
     assert not list((tmp / "results").rglob(".*.tmp")), "a temporary file was left behind"
 
 
+def test_the_dvc_metrics_are_one_short_file_per_dataset_and_method(demo):
+    """`dvc metrics show` reads these: one row per dataset × method, five short keys, two decimals."""
+    tmp, _, cfg, _ = demo
+    runs = strict_json(tmp / "metrics/summary.json")["runs"]
+    files = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "metrics").glob("*/*.json"))
+    assert files == sorted(f"metrics/{key}.json" for key in runs)  # every evaluated pair, nothing else
+    for key, entry in runs.items():
+        got = strict_json(tmp / f"metrics/{key}.json")
+        assert got == {
+            "acc": round(entry["accuracy_mean"], 2),
+            "std": round(entry["accuracy_std"], 2),
+            "macro": round(entry["macro_accuracy_mean"], 2),
+            "val": round(entry["val_accuracy_mean"], 2),
+            "seeds": len(cfg["sweep"]["seeds"]),
+        }, key
+
+
 def test_table1_numbers_equal_the_aggregated_metrics(demo):
     tmp, _, _, _ = demo
     summary = strict_json(tmp / "metrics/summary.json")
@@ -314,3 +331,24 @@ def test_paper_values_and_marked_gaps_for_missing_runs(tmp_path, monkeypatch):
     assert "| CLIP | paper | Δ |" in md  # published values: the paper and Δ columns are there
     html = (tmp_path / "results/report.html").read_text()
     assert "Not run yet" in html and "probes/dtd" in html and "unreadable" in html
+
+
+def test_fig2_compares_zeroshot_with_the_relevancy_prompt_and_averages_as_configured(tmp_path, monkeypatch):
+    from promptbias.render.inputs import Inputs
+    from promptbias.render.relevancy import _curves
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_params([str(_params(tmp_path, ["demo_shapes"], []))])
+    figure = "prompt-d12-n4"  # probes.relevancy_prompt: 4 prompts in every layer of methods.prompt (12)
+    for i, method in enumerate(("zeroshot", figure, "prompt")):
+        rows = [("text", -1, -1, "norm", f"pos_{j}", 0.1 * j + i) for j in range(4)]
+        rows += [("text", -1, -1, "norm_reached", f"pos_{j}", 0.2 * j + i) for j in range(4)]
+        out = Path("probes/demo_shapes") / method / "seed1"
+        out.mkdir(parents=True)
+        _rows("demo_shapes", method, "relevancy", rows).to_parquet(out / "relevancy.parquet", index=False)
+    curves, gaps = _curves(Inputs(cfg), "demo_shapes", "text")
+    assert not gaps and list(curves) == ["zeroshot", figure]
+    np.testing.assert_allclose(curves[figure][1], [1.0, 1.1, 1.2, 1.3])  # the paper's: zeros after EOS
+    cfg["render"]["relevancy_average"] = "reached"
+    curves, _ = _curves(Inputs(cfg), "demo_shapes", "text")
+    np.testing.assert_allclose(curves[figure][1], [1.0, 1.2, 1.4, 1.6])

@@ -9,7 +9,10 @@ interval (sample std, n−1 degrees of freedom). OPTIMAL is the prompt configura
 grid's ``prompt-d<D>-n<N>``) with the best mean *validation* accuracy; the test-selected one is reported
 beside it, as the paper did. Missing runs are listed, not fatal.
 
-Writes ``metrics/summary.json`` (DVC metrics) and ``results/tables/summary.csv`` (tidy rows).
+Writes ``metrics/<ds>/<method>.json`` per dataset × method — the DVC metrics: mean test accuracy
+(``acc``), its std, macro and val accuracy, the number of seeds; one short row each in ``dvc metrics
+show`` — plus ``metrics/summary.json`` (every statistic, OPTIMAL, missing runs; read by render) and
+``results/tables/summary.csv`` (tidy rows).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import click
 
 from promptbias import paths
-from promptbias.config import RunContext, grid_method_ids
+from promptbias.config import RunContext
 
 # Student-t 0.975 quantiles for 1..30 degrees of freedom (normal beyond).
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -42,19 +45,11 @@ def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
 def collect(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """All per-seed metrics records of the sweep (+ grid), and the paths that are missing."""
     from promptbias.io import read_json
+    from promptbias.pipeline.spec import evaluate_matrix
 
-    jobs = [
-        (d, m, s)
-        for d in cfg["sweep"]["datasets"]
-        for m in cfg["sweep"]["methods"]
-        for s in cfg["sweep"]["seeds"]
-    ]
-    grid = grid_method_ids(cfg)
-    for d in cfg["sensitivity"]["datasets"] if grid else []:
-        jobs += [(d, m, s) for m in grid for s in cfg["sweep"]["seeds"] if (d, m, s) not in jobs]
     records, missing = [], []
-    for d, m, s in jobs:
-        path = paths.metrics_json(d, m, s)
+    for w in evaluate_matrix(cfg):
+        path = paths.metrics_json(w["dataset"], w["method"], w["seed"])
         if path.is_file():
             records.append(read_json(path))
         else:
@@ -115,14 +110,36 @@ def optimal(summary: dict[str, Any]) -> dict[str, Any]:
     return best
 
 
+# The DVC metric of one dataset × method: short keys, two decimals, so that `dvc metrics show` on the
+# demo fits an 80-column terminal. Everything else (CIs, seeds, OPTIMAL) is in metrics/summary.json.
+METRIC_KEYS = {
+    "acc": "accuracy_mean",
+    "std": "accuracy_std",
+    "macro": "macro_accuracy_mean",
+    "val": "val_accuracy_mean",
+}
+
+
+def method_metrics(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """``{acc, std, macro, val, seeds}`` of one summary entry; a statistic with no value is left out."""
+    entry = entry or {}
+    out = {short: round(entry[key], 2) for short, key in METRIC_KEYS.items() if entry.get(key) is not None}
+    return out | {"seeds": entry.get("n_seeds", 0)}
+
+
 def aggregate(cfg: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
 
     from promptbias.io import atomic_path, write_json
+    from promptbias.pipeline.spec import method_pairs
 
     records, missing = collect(cfg)
     summary = summarise(records)
     result = {"runs": summary, "optimal": optimal(summary), "missing": missing}
+    for dataset, method in method_pairs(cfg):
+        write_json(
+            paths.method_metrics_json(dataset, method), method_metrics(summary.get(f"{dataset}/{method}"))
+        )
     write_json(paths.SUMMARY_JSON, result)
     table = pd.DataFrame(list(summary.values())).drop(columns=["seeds", "diverged_seeds"], errors="ignore")
     out = paths.SUMMARY_CSV

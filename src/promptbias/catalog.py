@@ -4,7 +4,8 @@
     catalog.method_info("prompt-d3-n4")       # MethodInfo(kind="prompt", trains=True, …): grid ids are prompts
     catalog.METHOD_INFO["bias"].schema        # the JSON schema of params methods.bias
     catalog.PROBE_INFO["maps"].writes_arrays  # maps.npz beside maps.parquet
-    catalog.PROBE_INFO["relevancy"].params    # ("probes.start_layer",): keys beyond the common ones
+    catalog.PROBE_INFO["relevancy"].params    # ("probes.start_layer", …): keys beyond the common ones
+    catalog.relevancy_prompt_method(cfg)      # "prompt-d12-n4": the prompt model of Figs. 2-3
 
 A method is one module whose ``nn.Module`` class carries ``@register_method`` (promptbias.methods.base)
 plus one :func:`register_method_info`; a probe is one module with a ``@register_probe`` function plus one
@@ -97,6 +98,16 @@ def method_info(method_id: str) -> MethodInfo:
     raise UserError(f"unknown method {method_id!r} — use one of {known} or prompt-d<DEPTH>-n<NUMBER>")
 
 
+def relevancy_prompt_method(cfg: dict[str, Any]) -> str:
+    """The prompt method id of Figs. 2-3 (``probes.relevancy_prompt``), e.g. ``prompt-d12-n4``.
+
+    ``depth: null`` means every layer the Table-1 prompt uses (``methods.prompt.depth_text``).
+    """
+    spec = cfg["probes"]["relevancy_prompt"]
+    depth = spec["depth"] if spec["depth"] is not None else cfg["methods"]["prompt"]["depth_text"]
+    return f"prompt-d{int(depth)}-n{int(spec['n_ctx'])}"
+
+
 def probe_info(name: str) -> ProbeInfo:
     if name not in probes():
         raise UserError(f"probe {name!r}: unknown — choose one of {', '.join(sorted(PROBE_INFO))}")
@@ -153,7 +164,7 @@ for _name, _arrays, _params, _summary in (
     (
         "relevancy",
         False,
-        ("probes.start_layer",),
+        ("probes.start_layer", "probes.relevancy_template"),
         "gradient-weighted attention relevancy of CLS / EOS (Figs. 2-3)",
     ),
     ("attention_stats", False, (), "attention shares of SOS, prompts, category and EOS tokens (Fig. 4)"),

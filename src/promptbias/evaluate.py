@@ -18,7 +18,6 @@ job's record (its params values, and the identity of the evaluated parameters).
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -50,25 +49,20 @@ def image_features(
 ) -> Any:
     """The method's L2-normalised image features of every uint8 image (N×3×S×S) → N×E on the CPU."""
     import torch
-    from tqdm import tqdm
 
     from promptbias.data.images import normalize
     from promptbias.model.precision import autocast
+    from promptbias.progress import progress_bar
 
     device = clip.device
     feats = []
-    with torch.no_grad(), autocast(device, precision):
-        for start in tqdm(
-            range(0, len(pictures), batch_size),
-            desc=desc,
-            leave=False,
-            disable=not sys.stderr.isatty(),
-            file=sys.stderr,
-        ):
+    with torch.no_grad(), autocast(device, precision), progress_bar(len(pictures), desc, "img") as bar:
+        for start in range(0, len(pictures), batch_size):
             x = normalize(
                 pictures[start : start + batch_size].to(device, non_blocking=True), clip.mean, clip.std
             )
             feats.append(method.image_features(clip.model, x).cpu())  # B×E
+            bar.update(len(feats[-1]))
     return torch.cat(feats) if feats else torch.zeros(0, 0)
 
 
@@ -148,7 +142,8 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
     test = accuracy_report(test_pred, test_y, len(ds.classnames))
 
     val_x, val_y = images.load_eval_images(root, dataset, fewshot["val"], clip.image_size, cache=cache)
-    val = accuracy_report(predict(method, clip, val_x, batch, precision), val_y, len(ds.classnames))
+    val_pred = predict(method, clip, val_x, batch, precision, desc=f"{dataset}/{method_id}/seed{seed} val")
+    val = accuracy_report(val_pred, val_y, len(ds.classnames))
 
     status, trained = "ok", None
     if method_trains(method_id):

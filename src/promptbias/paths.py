@@ -88,8 +88,13 @@ def demo_record(clip_dir: str | Path) -> Path:
 
 # --------------------------------------------------------------------------------------- metrics
 def metrics_json(dataset: str, method: str, seed: int | str) -> Path:
-    """One evaluation's results (a DVC metric)."""
+    """One evaluation's results (in git; the DVC metric is the per-method summary below)."""
     return METRICS / dataset / method / f"seed{seed}.json"
+
+
+def method_metrics_json(dataset: str, method: str) -> Path:
+    """One dataset × method over seeds: a DVC metric, one short row of `dvc metrics show`."""
+    return METRICS / dataset / f"{method}.json"
 
 
 def per_class_json(dataset: str, method: str, seed: int | str) -> Path:

@@ -379,11 +379,10 @@ def _summary(history: list[dict[str, Any]], method: Any, data: TrainingData) -> 
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    """Steps of one epoch on a terminal only (a log gets the epoch lines of :func:`epoch_line`)."""
+    from promptbias.progress import progress_bar
 
-    return tqdm(
-        total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()), file=sys.stderr
-    )
+    return progress_bar(total, desc, "step", enabled=enabled and sys.stdout.isatty())
 
 
 def _open_live(directory: Path, history: list[dict[str, Any]]):

@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -115,17 +114,10 @@ class ChecksumLock:
 
 
 def _progress(total: int | None, initial: int, desc: str) -> Any:
-    from tqdm import tqdm
+    """Bytes, unit-scaled: a bar on a terminal, periodic lines in a log (:mod:`promptbias.progress`)."""
+    from promptbias.progress import progress_bar
 
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        disable=not sys.stderr.isatty(),
-        leave=False,
-    )
+    return progress_bar(total, desc, "B", initial=initial, unit_scale=True)
 
 
 class ResumingDownloader:

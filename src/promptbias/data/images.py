@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,9 +81,10 @@ def _eval_one(path: Path, size: int, skip_bad: bool) -> np.ndarray | None:
 
 
 def _progress(total: int, desc: str) -> Any:
-    from tqdm import tqdm
+    """A bar on a terminal, periodic lines in a log (:mod:`promptbias.progress`)."""
+    from promptbias.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
+    return progress_bar(total, desc, "img")
 
 
 def decode_eval(
@@ -93,7 +93,10 @@ def decode_eval(
     """Test-transform every path (threads); returns uint8 N'×3×S×S and the indices that failed."""
     out = np.empty((len(rel_paths), 3, size, size), dtype=np.uint8)
     bad: list[int] = []
-    with ThreadPoolExecutor(_workers(num_workers)) as pool, _progress(len(rel_paths), "decode") as bar:
+    with (
+        ThreadPoolExecutor(_workers(num_workers)) as pool,
+        _progress(len(rel_paths), f"decode {Path(folder).name}") as bar,
+    ):
         for i, arr in enumerate(pool.map(lambda p: _eval_one(folder / p, size, skip_bad), rel_paths)):
             if arr is None:
                 bad.append(i)

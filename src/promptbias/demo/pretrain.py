@@ -112,11 +112,11 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 def pretrain(
     settings: DemoSettings, show_progress: bool | None = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Pretrain the demo CLIP; returns the trained model (eval mode) and the training record."""
-    from tqdm import tqdm
-
+    """Pretrain the demo CLIP; returns the trained model (eval mode) and the training record.
+    ``show_progress=False`` hides the progress (a bar on a terminal, periodic lines in a log)."""
     from promptbias.demo.world import background_only, caption_corpus
     from promptbias.model import load_clip
+    from promptbias.progress import track
 
     torch.set_num_threads(int(settings.pretrain_threads))
     threads = torch.get_num_threads()
@@ -146,9 +146,7 @@ def pretrain(
     bare = torch.from_numpy(background_only(captions)).nonzero().flatten()  # background-only pairs
     cursor, losses, lrs = 0, [], []
     t1 = time.perf_counter()
-    bar = tqdm(
-        range(steps), desc="pretrain demo CLIP", disable=None if show_progress is None else not show_progress
-    )
+    bar = track(range(steps), desc="pretrain demo CLIP", unit="step", enabled=show_progress is not False)
     for step in bar:
         # texture batches phase in over the first half: colour and objects are learned first
         share = settings.texture_batch_share * min(1.0, 2 * step / steps)

@@ -23,7 +23,7 @@ import yaml
 
 from promptbias.config import deep_merge, read_yaml, validate_params
 from promptbias.pipeline.plan import DEFAULT_PARAMS, Pipeline
-from promptbias.pipeline.spec import Config, Stage, all_datasets, methods_for
+from promptbias.pipeline.spec import Config, Stage, all_datasets, methods_for, train_matrix
 
 
 def pipeline_from_snakemake(workflow: Any, config: Config) -> Pipeline:
@@ -77,6 +77,7 @@ def _read_value(text: str) -> Any:
 def wildcard_constraints(pipe: Pipeline) -> dict[str, str]:
     """Regexes for the wildcards (so e.g. ``seed1.per_class.json`` never matches ``seed{seed}.json``)."""
     methods = {m for d in all_datasets(pipe.cfg) for m in methods_for(pipe.cfg, d)}
+    methods |= {w["method"] for w in train_matrix(pipe.cfg)}  # also runs trained for the probes only
     return {
         "dataset": "|".join(re.escape(d) for d in all_datasets(pipe.cfg)),
         "method": "|".join(re.escape(m) for m in sorted(methods)) or "zeroshot",

@@ -123,8 +123,28 @@ def evaluate_matrix(cfg: Config) -> list[Wildcards]:
     ]
 
 
+def method_pairs(cfg: Config) -> list[tuple[str, str]]:
+    """Every evaluated dataset × method once: aggregate writes one metrics file for each."""
+    return list(dict.fromkeys((w["dataset"], w["method"]) for w in evaluate_matrix(cfg)))
+
+
 def train_matrix(cfg: Config) -> list[Wildcards]:
-    return [w for w in evaluate_matrix(cfg) if method_trains(w["method"])]
+    """The evaluated runs that train, then probed runs that are trained for the probes only (Figs. 2-3)."""
+    out = [w for w in evaluate_matrix(cfg) if method_trains(w["method"])]
+    return out + [w for w in probe_matrix(cfg) if method_trains(w["method"]) and w not in out]
+
+
+def probed_methods(cfg: Config) -> list[str]:
+    """probes.methods, then the prompt model of Figs. 2-3 when the relevancy probe runs.
+
+    That model (``probes.relevancy_prompt``) need not be evaluated: the train stage trains it for the
+    probe seeds where no evaluated run does (:func:`train_matrix`).
+    """
+    out = list(cfg["probes"]["methods"])
+    if "relevancy" in cfg["probes"]["kinds"]:
+        figure = catalog.relevancy_prompt_method(cfg)
+        out += [figure] if figure not in out else []
+    return out
 
 
 def probe_matrix(cfg: Config) -> list[Wildcards]:
@@ -135,8 +155,8 @@ def probe_matrix(cfg: Config) -> list[Wildcards]:
     out = []
     for ds in cfg["sweep"]["datasets"]:
         known = methods_for(cfg, ds)
-        for m in probes["methods"]:
-            if m not in known:
+        for m in probed_methods(cfg):
+            if m not in known and m in probes["methods"]:
                 raise UserError(
                     f"probes.methods: {m!r} is not evaluated on {ds} — add it to sweep.methods "
                     "(grid ids need sensitivity.enabled and the dataset in sensitivity.datasets)"
@@ -332,7 +352,7 @@ STAGES: tuple[Stage, ...] = (
         wildcards=("dataset", "method", "seed"),
         command=lambda cfg, w: f"evaluate --dataset {w['dataset']} --method {w['method']} --seed {w['seed']}",
         outs=lambda cfg: [
-            Out(_p(paths.metrics_json(*_RUN)), metric=True, cache=False),
+            Out(_p(paths.metrics_json(*_RUN)), cache=False),  # in git; the metric is aggregate's summary
             Out(_p(paths.per_class_json(*_RUN)), cache=False),
         ],
         matrix=evaluate_matrix,
@@ -346,7 +366,14 @@ STAGES: tuple[Stage, ...] = (
         name="aggregate",
         wildcards=(),
         command=lambda cfg, w: "aggregate",
-        outs=lambda cfg: [Out(_p(paths.SUMMARY_JSON), metric=True, cache=False), Out(_p(paths.SUMMARY_CSV))],
+        outs=lambda cfg: [
+            *(
+                Out(_p(paths.method_metrics_json(d, m)), metric=True, cache=False)
+                for d, m in method_pairs(cfg)
+            ),
+            Out(_p(paths.SUMMARY_JSON), cache=False),
+            Out(_p(paths.SUMMARY_CSV)),
+        ],
         matrix=lambda cfg: [{}],
         deps=lambda cfg, w: [
             _p(paths.metrics_json(v["dataset"], v["method"], v["seed"])) for v in evaluate_matrix(cfg)
@@ -386,6 +413,8 @@ STAGES: tuple[Stage, ...] = (
             "probes.kinds",
             "probes.methods",
             "probes.seeds",
+            "probes.relevancy_prompt",
+            "methods.prompt.depth_text",  # probes.relevancy_prompt.depth: null
             "sensitivity",
         ],
         log=_p(paths.log_file("render")),

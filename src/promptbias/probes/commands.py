@@ -2,7 +2,8 @@
 
     promptbias probe relevancy --dataset dtd --method prompt --seed 1
 
-Reads ``probes.{max_images, sample_seed, batch_size, start_layer, map_images, rotations}``; the sample is
+Reads ``probes.{max_images, sample_seed, batch_size, start_layer, map_images, rotations,
+relevancy_template}`` (the last: the zero-shot captions of the relevancy probe); the sample is
 ``random.Random(sample_seed).sample`` of the test indices (then sorted), the same for every method and
 seed so tables compare image for image. Runs on the configured device (a GPU when there is one), fp32
 and explicit attention. Writes atomically, under ``probes/<ds>/<method>/seed<S>/``:
@@ -15,6 +16,7 @@ and explicit attention. Writes atomically, under ``probes/<ds>/<method>/seed<S>/
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 import time
@@ -56,6 +58,7 @@ def probe(ctx: Any, kinds: tuple[str, ...], dataset: str, method_id: str, seed: 
     """
     from promptbias.pipeline.bind import bind_job
     from promptbias.probes.registry import get_probe
+    from promptbias.progress import track
 
     for kind in kinds:  # check them all before running any
         get_probe(kind)
@@ -63,7 +66,7 @@ def probe(ctx: Any, kinds: tuple[str, ...], dataset: str, method_id: str, seed: 
     if list(kinds) != list(cfg["probes"]["kinds"]):  # the job's params are those of probes.kinds
         cfg = {**cfg, "probes": {**cfg["probes"], "kinds": list(kinds)}}
     job = bind_job(ctx, cfg, "probe", {"dataset": dataset, "method": method_id, "seed": seed})
-    for kind in kinds:
+    for kind in track(kinds, desc=f"probe {dataset}/{method_id}/seed{seed}", unit="probe"):
         write_probe(cfg, job, kind, dataset, method_id, seed)
 
 
@@ -72,6 +75,7 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
     import torch
 
     from promptbias import paths
+    from promptbias.config import method_kind
     from promptbias.data import images as data_images
     from promptbias.io import atomic_path, provenance, write_json
     from promptbias.probes import ProbeContext, ProbeSettings
@@ -84,6 +88,9 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
     clip = load_backbone(cfg)
     clip.model.float()  # probes run in fp32
     ds = dataset_info(cfg, dataset)
+    template = pcfg["relevancy_template"] if kind == "relevancy" else None  # a params key of relevancy only
+    if template and method_kind(method_id) == "zeroshot":
+        ds = dataclasses.replace(ds, template=template)  # the paper's Fig. 2 caption, not the dataset's
     method = load_method(cfg, clip, ds, method_id, seed).float().eval()
     _check_start_layer(clip.model, settings.start_layer)
     test = ds.split.get("test") or []
@@ -137,6 +144,7 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
             "start_layer": settings.start_layer,
             "map_images": settings.map_images,
             "rotations": list(settings.rotations),
+            "relevancy_template": template,
         },
         "sample": {
             "split": "test",

@@ -83,9 +83,11 @@ class ProbeContext:
         return normalize(uint8.to(self.device), self.clip.mean, self.clip.std)
 
     def batches(self, limit: int | None = None) -> Iterator[Batch]:
+        from promptbias.progress import track
+
         n = len(self.ids) if limit is None else min(limit, len(self.ids))
         bs = self.settings.batch_size
-        for start in range(0, n, bs):
+        for start in track(range(0, n, bs), desc="probe images", unit="batch"):
             stop = min(start + bs, n)
             yield Batch(
                 images=self.prepare(self.images[start:stop]),

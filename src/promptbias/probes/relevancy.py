@@ -11,7 +11,10 @@ Then R₀ = I and, for layers l ≥ start_layer, Ā_l = mean_h((∂s/∂A_l ⊙ 
 Read-outs: vision = the CLS row of R (CLS column = self, patches [1:1+N], prompts [1+N:]); text = the EOS
 row (EOS found from the tokens by the model's pooling rule) over SOS, prompt slots, template words,
 class-name tokens, '.', EOS. Columns past EOS are exactly 0 (causal mask). Each sample's read-out is
-normalised to sum 1, then averaged over images (variants below).
+normalised to sum 1, then averaged over images (variants below). Per text position, the paper's Fig. 2
+average counts every caption, with 0 at and after its EOS (``norm``); ``norm_reached`` averages only the
+captions that reach the position. The zero-shot captions use ``probes.relevancy_template`` (the paper's
+"a photo of a {}.") when it is set — the commands build that method, see promptbias.probes.commands.
 """
 
 from __future__ import annotations
@@ -107,9 +110,18 @@ def _vision_readout(acc: Accumulator, R: torch.Tensor, n_patches: int) -> None:
 
 
 def _text_readout(
-    acc: Accumulator, R: torch.Tensor, eos: torch.Tensor, masks: dict[str, torch.Tensor], n_ctx: int
+    acc: Accumulator,
+    R: torch.Tensor,
+    eos: torch.Tensor,
+    masks: dict[str, torch.Tensor],
+    n_ctx: int,
+    last: int,
 ) -> float:
-    """Adds the text rows; returns max |R[eos, eos+1:]| (0 by causality)."""
+    """Adds the text rows; returns max |R[eos, eos+1:]| (0 by causality).
+
+    ``last``: the largest EOS position over all class captions (the same for every batch, so each
+    ``pos_<j>`` of the paper's average has all captions as its n).
+    """
     B, L, _ = R.shape
     row = R[torch.arange(B, device=R.device), eos, :].double().cpu()  # B×L, the EOS row
     eos = eos.cpu()
@@ -125,10 +137,15 @@ def _text_readout(
     normed = row / others[:, None]  # B×L
     for k in range(min(n_ctx, L)):
         acc.add("text", "norm", f"ctx_{k + 1}", -1, -1, float(normed[:, 1 + k].sum()), B)
-    for j in range(L):
-        valid = pos[j] < eos  # positions before EOS of each caption
-        if bool(valid.any()):
-            acc.add("text", "norm", f"pos_{j}", -1, -1, float(normed[valid, j].sum()), int(valid.sum()))
+    before = pos[None, :] < eos[:, None]  # B×L: positions before each caption's EOS
+    kept = torch.where(before, normed, torch.zeros_like(normed))  # the paper: 0 at and after EOS
+    for j in range(min(last + 1, L)):
+        acc.add("text", "norm", f"pos_{j}", -1, -1, float(kept[:, j].sum()), B)
+        valid = before[:, j]
+        if bool(valid.any()):  # the other average: only the captions that reach position j
+            acc.add(
+                "text", "norm_reached", f"pos_{j}", -1, -1, float(normed[valid, j].sum()), int(valid.sum())
+            )
     return after_max
 
 
@@ -140,6 +157,7 @@ def relevancy(ctx: ProbeContext) -> ProbeResult:
     roles = ctx_roles(ctx)
     start = ctx.settings.start_layer
     after_eos = 0.0
+    last_eos = int(eos_of(ctx, method.tokens).max())  # past every caption's EOS all values are 0
     n_vision = len(ctx.model.visual.transformer.resblocks)
     for batch in ctx.batches():
         tokens = method.tokens[batch.labels]  # B×L: the ground-truth class's caption per image
@@ -160,7 +178,9 @@ def relevancy(ctx: ProbeContext) -> ProbeResult:
         eos = eos_of(ctx, tokens)
         after_eos = max(
             after_eos,
-            _text_readout(acc, Rt, eos, role_masks(roles, batch.labels.cpu(), L), method.n_ctx_text),
+            _text_readout(
+                acc, Rt, eos, role_masks(roles, batch.labels.cpu(), L), method.n_ctx_text, last_eos
+            ),
         )
         del rec_v, rec_t, grads, gv, gt
     conventions = {
@@ -174,13 +194,17 @@ def relevancy(ctx: ProbeContext) -> ProbeResult:
         "prompt_slot_reset_note": "False: a prompt slot replaced at the input of a layer keeps its relevancy "
         "row (treated as one token across layers)",
         "text_caption": "the ground-truth class's caption of the method (prompt slots after SOS)",
+        "zeroshot_template": getattr(method, "template", None) if method.kind == "zeroshot" else None,
         "vision_readout": "CLS row R[:, 0, :]: cls = R[0,0] (self), patches = [1:1+N], prompts = [1+N:]",
         "text_readout": "EOS row R[:, eos, :] with eos from the tokens by the model's pooling rule "
         "(argmax for CLIP); groups sos/prompt/template/category/period/eos; padding after EOS excluded",
         "variants": {
             "norm": "per sample divided by the sum over all columns except the read-out token itself "
             "(the paper's R[:,0,1:] / R[:,eos,:eos]), then mean over images; per-position keys "
-            "patch_<i> (row-major grid index), prompt_<k>, ctx_<k>, pos_<j> (j < EOS; n = captions long enough)",
+            "patch_<i> (row-major grid index), prompt_<k>, ctx_<k>, pos_<j> (the paper's Fig. 2: every "
+            "caption counts, 0 at and after its EOS; n = all captions; j up to the longest caption's EOS)",
+            "norm_reached": "text pos_<j> only: the norm value averaged over the captions whose EOS is "
+            "after j (n = those captions)",
             "norm_with_self": "per sample divided by the sum of the whole row (self column included)",
             "raw": "unnormalised sums, mean over images",
         },

@@ -15,6 +15,7 @@ from promptbias.render import (  # noqa: F401  (registration, in report order)
     attention_shares,
     bias_decomposition,
     distance_entropy,
+    findings,
     maps,
     relevancy,
     report,

@@ -5,9 +5,12 @@
 Reads ``probes/<ds>/<method>/seed<S>/relevancy.parquet`` (variant ``norm``: each sample's EOS/CLS row
 normalised to sum 1 without the read-out token itself, then averaged — the paper's R[:, eos, :eos] and
 R[:, 0, 1:]). One row of panels per dataset: left, the value per position (text ``pos_<j>``; vision
-``patch_<i>`` then ``prompt_<k>``) for zero-shot (blue) and prompt tuning (red), the prompt slots behind
-the red vertical line and zoomed in a middle panel; right, the same mass summed per token group for every
-probed method.
+``patch_<i>`` then ``prompt_<k>``) for zero-shot (blue) and the prompt model of ``probes.relevancy_prompt``
+(red; the paper's 4 text + 4 vision prompts in every layer by default), the prompt slots behind the red
+vertical line and zoomed in a middle panel; right, the same mass summed per token group for every probed
+method. ``render.relevancy_average`` picks the text per-position average: ``zeros_after_eos`` (the
+paper's: every caption counts, 0 at and after its EOS; variant ``norm``) or ``reached`` (only captions
+that reach the position; variant ``norm_reached``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from promptbias.catalog import relevancy_prompt_method
 from promptbias.render.inputs import Inputs, select
 from promptbias.render.registry import Gap, Item, figure_paths, register
 from promptbias.render.style import (
@@ -33,11 +37,23 @@ from promptbias.render.style import (
 TEXT_GROUPS = (("sos", "SOS"), ("prompt", "prompt"), ("template", "template"), ("category", "category"),
                ("period", "'.'"))  # fmt: skip
 VISION_GROUPS = (("patches", "patches"), ("prompts", "prompts"))
-COMPARE = ("zeroshot", "prompt")  # the per-position panel: the paper's blue and red regions
+AVERAGES = {  # render.relevancy_average -> (text pos_<j> variant, label)
+    "zeros_after_eos": ("norm", "every caption counts, 0 at and after its EOS (the paper's)"),
+    "reached": ("norm_reached", "only the captions that reach the position"),
+}
 
 
-def _indexed(df: Any, branch: str, prefix: str) -> dict[int, float]:
-    rows = select(df, branch, "norm")
+def compared(cfg: dict[str, Any]) -> tuple[str, str]:
+    """The per-position panel's pair: zero-shot (blue) and ``probes.relevancy_prompt`` (red)."""
+    return ("zeroshot", relevancy_prompt_method(cfg))
+
+
+def _position_variant(cfg: dict[str, Any], branch: str) -> str:
+    return AVERAGES[cfg["render"]["relevancy_average"]][0] if branch == "text" else "norm"
+
+
+def _indexed(df: Any, branch: str, prefix: str, variant: str = "norm") -> dict[int, float]:
+    rows = select(df, branch, variant)
     pat = re.compile(rf"^{prefix}_(\d+)$")
     out = {}
     for key, value in zip(rows["key"], rows["value"], strict=True):
@@ -47,10 +63,10 @@ def _indexed(df: Any, branch: str, prefix: str) -> dict[int, float]:
     return out
 
 
-def _positions(df: Any, branch: str) -> tuple[np.ndarray, np.ndarray, int]:
+def _positions(df: Any, branch: str, variant: str = "norm") -> tuple[np.ndarray, np.ndarray, int]:
     """(x, y, n_prompt_slots): text positions 0..; vision patches 0..N-1 then prompts N.."""
     if branch == "text":
-        pos = _indexed(df, "text", "pos")
+        pos = _indexed(df, "text", "pos", variant)
         n_prompt = len(_indexed(df, "text", "ctx"))
         x = np.arange(max(pos) + 1 if pos else 0)
         return x, np.array([pos.get(int(i), 0.0) for i in x]), n_prompt
@@ -62,12 +78,13 @@ def _positions(df: Any, branch: str) -> tuple[np.ndarray, np.ndarray, int]:
 
 def _curves(inputs: Inputs, dataset: str, branch: str) -> tuple[dict, list[Gap]]:
     curves, gaps = {}, []
-    for method in COMPARE:
+    variant = _position_variant(inputs.cfg, branch)
+    for method in compared(inputs.cfg):
         df, _ = inputs.probe(dataset, method, "relevancy")
         if df is None:
             gaps.append(inputs.probe_gap(dataset, method, "relevancy"))
             continue
-        x, y, n_prompt = _positions(df, branch)
+        x, y, n_prompt = _positions(df, branch, variant)
         if len(x):
             curves[method] = (x, y, n_prompt)
     return curves, gaps
@@ -102,7 +119,7 @@ def _draw_positions(ax: Any, zoom: Any, inputs: Inputs, dataset: str, branch: st
     )
     ax.set_ylabel("relative relevancy")
     ax.set_title(title)
-    missing = [method_label(m) for m in COMPARE if m not in curves]
+    missing = [method_label(m) for m in compared(inputs.cfg) if m not in curves]
     if missing:
         ax.text(0.99, 0.97, "NOT RUN: " + ", ".join(missing), transform=ax.transAxes, color=GAP_COLOR,
                 ha="right", va="top", fontsize=7, weight="bold")  # fmt: skip
@@ -142,7 +159,7 @@ def _zoom(ax: Any, curves: dict, branch: str, n_prompt: int, n_fixed: int) -> No
 def _draw_groups(ax: Any, inputs: Inputs, dataset: str, branch: str) -> list[Gap]:
     groups = TEXT_GROUPS if branch == "text" else VISION_GROUPS
     methods, gaps = [], []
-    for method in inputs.probe_methods:
+    for method in dict.fromkeys([*inputs.probe_methods, *compared(inputs.cfg)]):
         df, _ = inputs.probe(dataset, method, "relevancy")
         if df is None:
             gaps.append(inputs.probe_gap(dataset, method, "relevancy"))
@@ -193,27 +210,42 @@ def _unique(gaps: list[Gap]) -> list[Gap]:
 
 
 FIG2, FIG3 = "fig2_text_relevancy", "fig3_vision_relevancy"
-_CAP2 = (
-    "Contribution (Chefer relevancy of the ground-truth logit, EOS row, normalised per caption without EOS "
-    "itself) of each token of the language branch, averaged over the probed test images: zero-shot CLIP "
-    "(blue, its hand-crafted template) vs prompt tuning (red). Left of the red line: SOS and the learned "
-    "text prompt slots (zoomed in the middle panel); right: template/class-name tokens and '.'. Right panels: the "
-    "same relevancy summed per token group, for every probed method."
-)
-_CAP3 = (
-    "Contribution of each image patch (CLS row, normalised per image without CLS itself) to the alignment, "
-    "zero-shot CLIP (blue) vs prompt tuning (red); right of the red line: the learned vision prompts "
-    "(zoomed in the middle panel; zero-shot has none). Right panels: total relevancy on patches vs prompts."
-)
 
 
-@register("fig2", "Fig. 2 — text relevancy", lambda cfg: [Item(FIG2, "Fig. 2 — text token relevancy", _CAP2)],
+def _zeroshot_caption(cfg: dict[str, Any]) -> str:
+    template = cfg["probes"]["relevancy_template"]
+    return f"its captions '{template.format('[Category]')}'" if template else "its per-dataset template"
+
+
+def _cap2(cfg: dict[str, Any]) -> str:
+    prompt = compared(cfg)[1]
+    return (
+        "Contribution (Chefer relevancy of the ground-truth logit, EOS row, normalised per caption without EOS "
+        f"itself) of each token of the language branch, averaged over the probed test images: zero-shot CLIP "
+        f"(blue, {_zeroshot_caption(cfg)}) vs prompt tuning `{prompt}` (red; probes.relevancy_prompt). "
+        f"Averaged per position: {AVERAGES[cfg['render']['relevancy_average']][1]} "
+        "(render.relevancy_average). Left of the red line: SOS and the learned text prompt slots (zoomed in the "
+        "middle panel); right: template/class-name tokens and '.'. Right panels: the same relevancy summed per "
+        "token group, for every probed method."
+    )
+
+
+def _cap3(cfg: dict[str, Any]) -> str:
+    return (
+        "Contribution of each image patch (CLS row, normalised per image without CLS itself) to the alignment, "
+        f"zero-shot CLIP (blue) vs prompt tuning `{compared(cfg)[1]}` (red); right of the red line: the learned "
+        "vision prompts (zoomed in the middle panel; zero-shot has none). Right panels: total relevancy on "
+        "patches vs prompts."
+    )
+
+
+@register("fig2", "Fig. 2 — text relevancy", lambda cfg: [Item(FIG2, "Fig. 2 — text token relevancy", _cap2(cfg))],
           lambda cfg: figure_paths(cfg, FIG2), order=20)  # fmt: skip
 def render_fig2(inputs: Inputs) -> list[Gap]:
     return _render(inputs, "text", FIG2)
 
 
-@register("fig3", "Fig. 3 — vision relevancy", lambda cfg: [Item(FIG3, "Fig. 3 — image patch relevancy", _CAP3)],
+@register("fig3", "Fig. 3 — vision relevancy", lambda cfg: [Item(FIG3, "Fig. 3 — image patch relevancy", _cap3(cfg))],
           lambda cfg: figure_paths(cfg, FIG3), order=21)  # fmt: skip
 def render_fig3(inputs: Inputs) -> list[Gap]:
     return _render(inputs, "vision", FIG3)
