@@ -47,4 +47,23 @@ rule metrics:
         "metrics/summary.json",
 
 
+# A warm process for local jobs: they skip importing torch (promptbias.warm; PROMPTBIAS_WARM=off: cold).
+onstart:
+    from promptbias import warm
+
+    warm.start_for_snakemake(workflow)
+
+
+onsuccess:
+    from promptbias import warm
+
+    warm.stop_for_snakemake()
+
+
+onerror:
+    from promptbias import warm
+
+    warm.stop_for_snakemake()
+
+
 include: "workflow/rules/stages.smk"

@@ -192,6 +192,16 @@ def test_snakemake_demo_dag_ends_with_the_report_and_leaves_nothing_to_do(snakem
     assert {"demo_shapes/zeroshot", "demo_shapes/prompt", "demo_shapes/bias"} <= set(summary["runs"])
     res = run(["snakemake", "report_html", "-n", "--cores", "2", *CONFIGFILES], proj)
     assert "Nothing to be done" in res.stdout + res.stderr
+    # every job ran in the warm server's children (test_same_bits_from_every_engine: the bytes of dvc
+    # repro's cold jobs); the server stopped with the run
+    handed = [
+        line
+        for line in (proj / ".snakemake/log/promptbias-warm.log").read_text().splitlines()
+        if ": promptbias " in line
+    ]
+    trains = [name for name in _jobs(proj) if name.startswith("train-")]
+    assert len([line for line in handed if " train --dataset " in line]) == len(trains)
+    assert "promptbias-warm: stopped" in (proj / ".snakemake/log/promptbias-warm.log").read_text()
 
 
 def test_readme_dvc_walkthrough_reruns_exactly_the_edited_stages_and_the_records_agree(walkthrough):

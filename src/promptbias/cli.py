@@ -40,6 +40,7 @@ _COMMANDS: dict[str, str] = {
     "dvc-yaml": "promptbias.pipeline.dvc:dvc_yaml_command",
     "run": "promptbias.runner:run_command",
     "gpu-slot": "promptbias.devices:gpu_slot_command",
+    "warm": "promptbias.warm:warm_command",
     "validate": "promptbias.config:validate_command",
 }
 
@@ -53,6 +54,7 @@ _SHORT_HELP: dict[str, str] = {
     "evaluate": "Top-1 (micro), macro and per-class accuracy on the full test split.",
     "fetch": "Download (or link with --from) DATASET, verify it, and write its normalised split.",
     "gpu-slot": "Run COMMAND with one free GPU (CUDA_VISIBLE_DEVICES set; the lock lives as long as COMMAND).",
+    "warm": "Run COMMAND with a warm server: the promptbias jobs it starts skip the torch import.",
     "pretrain-demo": "Pretrain the demo CLIP on the demo world's caption corpus (CPU, a few minutes).",
     "probe": "Run one analysis probe and write probes/<dataset>/<method>/seed<S>/<kind>.parquet (+ .json).",
     "render": "Draw Table 1, the figures and plots, and the HTML report.",
@@ -116,7 +118,11 @@ _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def main(argv: list[str] | None = None) -> None:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    argv = sys.argv[1:] if argv is None else argv
+    from promptbias.warm import delegate
+
+    delegate(argv)  # with a warm server (PROMPTBIAS_WARM): run there and exit; else run here
+    debug = "--debug" in argv
     try:
         cli.main(args=argv, prog_name="promptbias", standalone_mode=False)
     except UserError as exc:
