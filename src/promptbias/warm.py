@@ -153,13 +153,13 @@ def serve(path: str, owner: int) -> None:
     listener.bind(staging)  # listening before the imports: early jobs wait for them instead of importing
     listener.listen(64)
     os.replace(staging, path)  # the path appears only once connections are accepted
-    preload()
-    expected = fingerprint()
     children: dict[int, socket.socket] = {}
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
-    _log(f"ready (pid {os.getpid()}, owner {owner})")
     try:
+        preload()  # (an import error ends the server: waiting jobs then run cold)
+        expected = fingerprint()
+        _log(f"ready (pid {os.getpid()}, owner {owner})")
         while not (stopping and not children) and (children or _alive(owner)):
             for key, _ in sel.select(timeout=0.2):
                 if key.fileobj is listener:
