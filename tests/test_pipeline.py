@@ -35,6 +35,19 @@ def test_dvc_yaml_is_fresh(monkeypatch):
     assert res.exit_code == 0, res.output
 
 
+def test_dvc_plots_are_the_training_curves_and_every_rendered_figure():
+    from promptbias.pipeline.dvc import dvc_yaml_text
+    from promptbias.render.catalog import expected_outputs
+
+    pipe = _pipe(DEMO)
+    plots = yaml.safe_load(dvc_yaml_text(pipe, stages={}))["plots"]
+    images = {p for p in plots if isinstance(p, str)}
+    pngs = {str(p) for p in expected_outputs(pipe.cfg) if p.suffix == ".png"}
+    assert images == pngs and any("sensitivity" in p for p in images)  # dvc plots diff: before/after
+    curves = {next(iter(p)) for p in plots if isinstance(p, dict)}
+    assert curves == {f"train-{c}-{d}" for c in ("loss", "accuracy") for d in pipe.cfg["sweep"]["datasets"]}
+
+
 def test_dvc_yaml_check_fails_in_one_line_when_stale(tmp_path, monkeypatch):
     proj = project_copy(tmp_path)
     monkeypatch.chdir(proj)

@@ -235,6 +235,7 @@ def test_readme_dvc_walkthrough_reruns_exactly_the_edited_stages_and_the_records
     assert "dvc_plots/index.html" in plots_diff, plots_diff
     page = (repo / "dvc_plots/index.html").read_text()
     assert "train-loss-demo_shapes" in page and "HEAD" in page and "workspace" in page  # both revisions
+    assert "sensitivity.png" in page and "failed to load" not in plots_diff  # the figures, as image plots
     _assert_records_state(repo, 2.0, states["lock"])
     # the forced stage retrained (no checkpoint to resume: the finished job removed it)
     forced = out["dvc repro -f -s train-demo_shapes-bias-s1"][0]

@@ -71,7 +71,7 @@ def dvc_yaml_text(pipe: Pipeline, stages: dict[str, Any] | None = None) -> str:
         f"{regenerate_command(pipe.params_files)}\n"
     )
     doc = {"params": list(pipe.params_files), "stages": dvc_stages(pipe) if stages is None else stages}
-    plots = training_curves(pipe)
+    plots = training_curves(pipe) + figure_plots(pipe)
     if plots:
         doc["plots"] = plots
     return head + yaml.safe_dump(doc, sort_keys=False, width=200, allow_unicode=True)
@@ -99,6 +99,16 @@ def training_curves(pipe: Pipeline) -> list[dict[str, Any]]:
                 }
             )
     return plots
+
+
+def figure_plots(pipe: Pipeline) -> list[str]:
+    """The PNG figures render writes (Figs. 2-6, the sensitivity grid) as DVC image plots: `dvc plots diff`
+    shows each before and after."""
+    if not any(job.stage.name == "render" for job in pipe.jobs()):
+        return []
+    from promptbias.render.catalog import expected_outputs
+
+    return [str(p) for p in expected_outputs(pipe.cfg) if p.parent == paths.FIGURES and p.suffix == ".png"]
 
 
 def _dvc_out(path: str, cache: bool) -> Any:
