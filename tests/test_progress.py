@@ -173,3 +173,26 @@ def test_pretraining_prints_progress_lines_and_learns_the_same(capsys, monkeypat
     assert record["loss"] == quiet["loss"]  # the same batches, augmentations and steps
     state, quiet_state = model.state_dict(), quiet_model.state_dict()
     assert all(torch.equal(state[k], quiet_state[k]) for k in state)
+
+
+def test_extracting_an_archive_and_hashing_a_whole_dataset_show_progress(tmp_path, capsys):
+    import tarfile
+
+    from promptbias.data.archive import safe_extract
+    from promptbias.identity import sha256_files
+
+    names = [f"images/{i:04d}.txt" for i in range(1000)]
+    src = tmp_path / "src"
+    for name in names:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(name)
+    with tarfile.open(tmp_path / "data.tar", "w") as tar:
+        tar.add(src / "images", arcname="images")
+    capsys.readouterr()
+    safe_extract(tmp_path / "data.tar", tmp_path / "out")
+    digests = sha256_files(tmp_path / "out", names)
+    lines = _plain_lines(capsys.readouterr().out)  # pytest's capture is not a terminal: log lines
+    meters = {METER.match(line)["desc"]: METER.match(line)["total"] for line in lines}
+    assert meters == {"extract data.tar": "1001", "sha256 out": "1000"}, lines  # (the folder is a member)
+    assert sha256_files(tmp_path / "out", names[:999]) == digests[:999]
+    assert capsys.readouterr().out == ""  # a few-shot set's images (under 1000 files): no progress line

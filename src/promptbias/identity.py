@@ -17,7 +17,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata, resources
 from pathlib import Path
@@ -45,10 +45,16 @@ def sha256_files(
     def one(rel: str) -> str:
         return sha256_file(folder / rel, missing="image file missing — re-fetch the dataset")
 
+    from promptbias.progress import track
+
+    def shown(digests: Iterable[str]) -> list[str]:  # a bar/log lines for a whole dataset, not a few-shot set
+        return list(track(digests, total=len(rel_paths), desc=f"sha256 {folder.name}", unit="file",
+                          enabled=len(rel_paths) >= 1000))  # fmt: skip
+
     if workers == 1 or len(rel_paths) < 64:
-        return [one(rel) for rel in rel_paths]
+        return shown(one(rel) for rel in rel_paths)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, rel_paths))
+        return shown(pool.map(one, rel_paths))
 
 
 def digest(obj: Any, length: int = 16) -> str:

@@ -101,7 +101,9 @@ def _extract_tar(tar: tarfile.TarFile, archive: Path, dest: Path, strip: str, ma
         if total > max_bytes:
             raise _refuse(archive, member.name, f"uncompressed size exceeds the limit of {max_bytes} bytes")
         selected.append(member.replace(**updates, deep=False))
-    tar.extractall(dest, members=selected, filter="data")
+    from promptbias.progress import track
+
+    tar.extractall(dest, members=track(selected, desc=f"extract {archive.name}", unit="file"), filter="data")
     return [m.name for m in selected]
 
 
@@ -128,8 +130,10 @@ def _extract_zip(archive: Path, dest: Path, strip: str, max_bytes: int) -> list[
                     archive, info.filename, f"uncompressed size exceeds the limit of {max_bytes} bytes"
                 )
             plan.append((info, name))
+        from promptbias.progress import track
+
         written = 0
-        for info, name in plan:
+        for info, name in track(plan, desc=f"extract {archive.name}", unit="file"):
             out = dest / name
             if info.is_dir():
                 out.mkdir(parents=True, exist_ok=True)
