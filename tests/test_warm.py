@@ -215,3 +215,18 @@ def test_the_fingerprint_changes_with_the_sources(monkeypatch):
     before = warm.fingerprint()
     monkeypatch.setattr(promptbias.identity, "code", lambda: {"promptbias": "x", "sources": "0" * 16})
     assert warm.fingerprint()["sources"] != before["sources"]
+
+
+def test_a_dead_server_takes_its_children_down_and_their_jobs_fail_in_one_line(base, tmp_path):
+    path, proc = warm.start(owner=os.getpid(), log=tmp_path / "warm.log")
+    ws = base.copy(tmp_path / "ws")
+    mark = tmp_path / "mark"
+    job = _popen(ws, *TRAIN, socket=path, mark=mark)
+    child = _held_pid(job, mark)
+    proc.kill()  # the server dies (OOM killer, a kill -9): no orphan may go on writing the job's files
+    proc.wait()
+    _, err = job.communicate(timeout=120)
+    assert wait_for(lambda: _gone(child), timeout=60)
+    assert job.returncode == 1 and err.strip().splitlines() == [
+        "error: the warm promptbias server stopped during this job — run it again"
+    ]

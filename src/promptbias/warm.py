@@ -237,6 +237,7 @@ def _run_child(request: dict[str, Any], fds: list[int]) -> None:
     _in_child = True
     code = 1
     try:
+        _die_with_server()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -271,6 +272,18 @@ def _run_child(request: dict[str, Any], fds: list[int]) -> None:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         os._exit(code)
+
+
+def _die_with_server() -> None:
+    """Linux: the kernel kills this child if the server dies (its client then reports the job failed, and
+    no orphan goes on writing the job's outputs behind the engine's back)."""
+    import ctypes
+
+    server = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != server:  # the server died before the request took effect
+        os._exit(1)
 
 
 def _exit_code(value: Any) -> int:
