@@ -23,6 +23,7 @@ import pytest
 import yaml
 from workflow_helpers import REPO, git_dvc_repo, project_copy, run
 
+from promptbias.catalog import relevancy_prompt_method
 from promptbias.pipeline import Pipeline
 from tests.workspace import strict_json
 
@@ -182,7 +183,10 @@ def test_same_bits_from_every_engine(walkthrough, snakemake_project, driver_repo
     assert any("demo_clip" in k for k in reference) and any("/bias/" in k for k in reference)
     for name, proj in (("snakemake --cores 2", snakemake_project), ("promptbias run", driver_repo)):
         assert _bits(proj) == reference, name
-    assert _bits(cores1) == reference, "snakemake --cores 1"
+    # `metrics` trains what Table 1 evaluates; Figs. 2-3's 4+4 prompt model is trained for the probes only
+    figures_only = relevancy_prompt_method(Pipeline.from_files([str(cores1 / f) for f in DEMO_FILES]).cfg)
+    expected = {k: v for k, v in reference.items() if f"/{figures_only}/" not in k}
+    assert len(expected) < len(reference) and _bits(cores1) == expected, "snakemake --cores 1"
 
 
 def test_snakemake_demo_dag_ends_with_the_report_and_leaves_nothing_to_do(snakemake_project):
