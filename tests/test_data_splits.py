@@ -12,6 +12,7 @@ import pytest
 from promptbias import paths
 from promptbias.data.splits import load_fewshot, load_split, make_fewshot
 from promptbias.errors import UserError
+from promptbias.runs import dataset_info
 
 
 def _split() -> dict:
@@ -171,3 +172,87 @@ def test_an_imagenet_split_whose_val_is_the_test_set_is_refused(tmp_path: Path) 
         UserError, match=r"imagenet\.json: written by an older .* `promptbias fetch imagenet`"
     ):
         load_split(tmp_path / "data", "imagenet")
+
+
+# ------------------------------------------------------------------------- base-to-novel class views
+def _coop_split_file(folder: Path, n_classes: int) -> dict:
+    """A CoOp ``split_zhou_*.json`` with interleaved, shuffled labels; written into ``folder``."""
+    rng = random.Random(n_classes)
+    raw: dict[str, list] = {"train": [], "val": [], "test": []}
+    for name, per_class in (("train", 20), ("val", 5), ("test", 6)):
+        items = [
+            [f"c{y}/{name}_{i:02d}.jpg", y, f"class_{y}"] for y in range(n_classes) for i in range(per_class)
+        ]
+        rng.shuffle(items)
+        raw[name] = items
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "split_zhou_DescribableTextures.json").write_text(json.dumps(raw))
+    return raw
+
+
+def _cocoop_reference(raw: dict, shots: int, seed: int, subsample: str) -> tuple[list, list, list, list]:
+    """CoCoOp's dataset pipeline written out independently: read_split, Dassl's generate_fewshot_dataset on
+    train and val, then ``subsample_classes(train, val, test)``; classnames as Dassl's get_lab2cname."""
+    import math
+    from collections import namedtuple
+
+    datum = namedtuple("datum", "impath label classname")
+
+    def read(items: list) -> list:
+        return [datum(f"images/{p}", int(y), c) for p, y, c in items]
+
+    train, val, test = read(raw["train"]), read(raw["val"]), read(raw["test"])
+    train_ref, val_ref = _dassl_reference({"train": train, "val": val}, shots, seed)
+    labels = sorted({item.label for item in train_ref})  # the labels of the first dataset
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subsample == "base" else labels[m:]
+    relabeler = {y: y_new for y_new, y in enumerate(selected)}
+    out = [
+        [datum(it.impath, relabeler[it.label], it.classname) for it in ds if it.label in selected]
+        for ds in (train_ref, val_ref, test)
+    ]
+    lab2cname = {it.label: it.classname for it in out[0]}
+    classnames = [lab2cname[y] for y in sorted(lab2cname)]
+    return (*out, classnames)
+
+
+@pytest.mark.parametrize("n_classes", [5, 7, 8])  # odd: base gets the extra class (ceil)
+@pytest.mark.parametrize("view", ["base", "novel"])
+def test_class_views_equal_cocoop_subsample_classes(tmp_path: Path, n_classes: int, view: str) -> None:
+    from promptbias.data import registry
+    from promptbias.data.layouts import load_layout
+    from promptbias.io import write_json
+
+    raw = _coop_split_file(tmp_path / "dtd", n_classes)
+    split = load_layout(registry.get("dtd"), tmp_path / "dtd")
+    root = tmp_path / "data"
+    write_json(paths.raw_json(root, "dtd"), split)
+    for seed in (1, 2):
+        write_json(paths.split_json(root, "dtd", 16, seed), make_fewshot(split, 16, seed))
+        train, val, test, classnames = _cocoop_reference(raw, 16, seed, view)
+        few = load_fewshot(root, f"dtd-{view}", 16, seed)  # through the files, as train/evaluate read them
+        assert [tuple(it) for it in few["train"]] == [tuple(it) for it in train]
+        assert [tuple(it) for it in few["val"]] == [tuple(it) for it in val]
+        info = dataset_info({"data": {"root": str(root)}}, f"dtd-{view}")
+        assert [tuple(it) for it in info.split["test"]] == [tuple(it) for it in test]
+        assert info.classnames == [c.replace("_", " ") for c in classnames]  # prompt-ready, as the split's
+        assert info.data == "dtd" and info.raw_split == split
+    m = -(-n_classes // 2)
+    assert len(classnames) == (m if view == "base" else n_classes - m)
+    assert sorted({it[1] for it in test}) == list(range(len(classnames)))  # remapped to 0..
+
+
+def test_a_novel_view_evaluates_the_base_views_run() -> None:
+    from promptbias import protocols
+
+    assert protocols.parse("oxford_pets-novel") == ("oxford_pets", "novel")
+    assert protocols.parse("oxford_pets") == ("oxford_pets", None)
+    assert protocols.train_source("oxford_pets-novel") == "oxford_pets-base"
+    assert protocols.train_source("oxford_pets-base") == "oxford_pets-base"
+    assert protocols.data_of("oxford_pets-base") == "oxford_pets"
+    assert protocols.parse("dtd-from_imagenet") == ("dtd", "from_imagenet")
+    assert (
+        protocols.train_source("dtd-from_imagenet") == "imagenet"
+        and protocols.data_of("dtd-from_imagenet") == "dtd"
+    )
+    assert protocols.parse("dtd-from_") == ("dtd-from_", None)  # no source: not a view

@@ -209,7 +209,11 @@ def test_probe_methods_must_be_evaluated(tmp_path):
         Pipeline.from_files([str(REPO / "params.yaml"), str(bad)])
 
 
-@pytest.mark.parametrize("configfiles", [[], ["config/demo.yaml"]], ids=["paper", "demo"])
+@pytest.mark.parametrize(
+    "configfiles",
+    [[], ["config/demo.yaml"], ["config/demo.yaml", "config/demo-generalization.yaml"]],
+    ids=["paper", "demo", "demo-generalization"],
+)
 def test_snakemake_and_dvc_plan_the_same_jobs(tmp_path, configfiles):
     proj = project_copy(tmp_path)
     files = ("params.yaml", *configfiles)
@@ -271,3 +275,83 @@ def test_dvc_repro_dry_in_a_git_dvc_repo(tmp_path):
     ran = re.findall(r"Running stage '([^']+)'", res.stdout)
     assert len(ran) == len(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     assert ran[0].startswith("fetch-") and ran[-1] == "render"
+
+
+# ------------------------------------------------------------------------------- base-to-novel
+B2N = "protocols: [fewshot, base2novel]\n"
+
+
+def test_snakemake_dry_run_plans_the_protocols_only_when_switched_on(tmp_path):
+    proj = project_copy(tmp_path)
+    (proj / "on.yaml").write_text("protocols: [fewshot, base2novel, cross_dataset]\n")
+    argv = ["snakemake", "-n", "--cores", "all", "--resources", "gpu=4"]
+    on = run([*argv, "--configfile", "on.yaml"], proj, timeout=900).stdout
+    off = run(argv, proj, timeout=900).stdout
+    views = re.compile(r"dataset=[a-z0-9_]+-(base|novel|from_[a-z0-9_]+)\b")
+    assert not views.search(off)  # off: not one job of a class view or a transfer
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", on, flags=re.M))
+    # the few-shot sweep as before, plus: train on base (prompt, bias × 3 seeds + the Figs. 2-3 model),
+    # evaluate both views (3 methods × 3 seeds), probe both views (3 methods + the 4+4 model); the
+    # cross-dataset transfer evaluates ImageNet's prompt and bias runs on the 10 others (× 3 seeds), no training
+    assert int(counts["train"]) == 11 * 2 * 3 + 11 + 11 * (2 * 3 + 1)
+    assert int(counts["evaluate"]) == 11 * 3 * 3 * 3 + 10 * 2 * 3
+    assert int(counts["probe"]) == 11 * 4 * 3
+    assert int(counts["fetch"]) == 11 and int(counts["split"]) == 33  # no data of their own
+    for ds in ("imagenet", "eurosat"):
+        assert f"dataset={ds}-base, method=bias, seed=3" in on
+        assert f"dataset={ds}-novel, method=zeroshot, seed=1" in on
+    assert "dataset=dtd-novel, method=prompt" in on and "runs/dtd-novel/" not in on  # novel: never trained
+    assert (
+        "dataset=eurosat-from_imagenet, method=bias, seed=2" in on and "runs/eurosat-from_imagenet" not in on
+    )
+    assert "imagenet-from_imagenet" not in on and "from_imagenet, method=zeroshot" not in on
+
+
+def test_base2novel_jobs_read_the_base_run_and_their_datasets_files(tmp_path):
+    (tmp_path / "b2n.yaml").write_text(B2N)
+    pipe = Pipeline.from_files([str(REPO / "params.yaml"), str(tmp_path / "b2n.yaml")])
+    novel = pipe.job("evaluate", {"dataset": "dtd-novel", "method": "bias", "seed": 2})
+    assert novel.deps == ["data/raw/dtd.json", "data/splits/dtd/shot16_seed2.json", "data/cache/dtd",
+                          "runs/dtd-base/bias/seed2/params.safetensors"]  # fmt: skip
+    assert novel.out_paths == [
+        "metrics/dtd-novel/bias/seed2.json",
+        "metrics/dtd-novel/bias/seed2.per_class.json",
+    ]
+    train = pipe.job("train", {"dataset": "dtd-base", "method": "bias", "seed": 2})
+    assert (
+        train.name == "train-dtd-base-bias-s2"
+        and train.out_paths[0] == "runs/dtd-base/bias/seed2/params.safetensors"
+    )
+    few = pipe.job("train", {"dataset": "dtd", "method": "bias", "seed": 2})
+    assert (
+        train.params == few.params
+    )  # the same keys: the view is in the job's identity (its name), not params
+    # the protocol adds jobs; the few-shot jobs keep their commands, deps, outputs and params
+    plain = {j.name: j for j in _pipe().jobs()}
+    both = {j.name: j for j in pipe.jobs()}
+    changed = {n for n in plain if (plain[n].args, plain[n].deps, plain[n].outs, plain[n].params)
+               != (both[n].args, both[n].deps, both[n].outs, both[n].params)}  # fmt: skip
+    assert changed == {"aggregate", "render"}  # they read `protocols` now (and render writes its tables)
+    assert "protocols" in both["aggregate"].params and "protocols" not in plain["aggregate"].params
+
+
+def test_a_transfer_reads_the_sources_run_and_the_targets_files(tmp_path):
+    (tmp_path / "xd.yaml").write_text("protocols: [fewshot, cross_dataset]\n")
+    pipe = Pipeline.from_files([str(REPO / "params.yaml"), str(tmp_path / "xd.yaml")])
+    job = pipe.job("evaluate", {"dataset": "dtd-from_imagenet", "method": "prompt", "seed": 3})
+    assert job.deps == ["data/raw/dtd.json", "data/splits/dtd/shot16_seed3.json", "data/cache/dtd",
+                        "data/raw/imagenet.json", "data/splits/imagenet/shot16_seed3.json",  # checked: the run's
+                        "runs/imagenet/prompt/seed3/params.safetensors"]  # fmt: skip
+    assert job.out_paths[0] == "metrics/dtd-from_imagenet/prompt/seed3.json"
+    assert pipe.job("aggregate", {}).params[-2:] == ["protocols", "cross_dataset"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("protocols: [fewshot, cross_dataset]\ncross_dataset: {source: demo_shapes}\n")
+    with pytest.raises(UserError, match=r"^cross_dataset.source: 'demo_shapes' is not in sweep.datasets"):
+        Pipeline.from_files([str(REPO / "params.yaml"), str(bad)])
+
+
+def test_protocols_must_keep_the_fewshot_sweep(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("protocols: [base2novel]\n")
+    with pytest.raises(UserError, match=r"^protocols: \['base2novel'\] lacks fewshot"):
+        Pipeline.from_files([str(REPO / "params.yaml"), str(bad)])

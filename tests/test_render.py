@@ -352,3 +352,127 @@ def test_fig2_compares_zeroshot_with_the_relevancy_prompt_and_averages_as_config
     cfg["render"]["relevancy_average"] = "reached"
     curves, _ = _curves(Inputs(cfg), "demo_shapes", "text")
     np.testing.assert_allclose(curves[figure][1], [1.0, 1.2, 1.4, 1.6])
+
+
+# ------------------------------------------------------------------------------- base-to-novel
+def _b2n_workspace(tmp: Path, datasets: list[str]) -> tuple[Path, dict]:
+    params = _params(tmp, datasets, [])
+    cfg = yaml.safe_load(params.read_text())
+    cfg["protocols"] = ["fewshot", "base2novel"]
+    params.write_text(yaml.safe_dump(cfg))
+    cfg = load_params([str(params)])
+    views = [f"{d}-{v}" for d in datasets for v in ("base", "novel")]
+    _write_metrics([*datasets, *views], cfg, random.Random(1))
+    aggregate(cfg)
+    return params, cfg
+
+
+def test_base2novel_table_pairs_the_views_into_base_novel_and_hm(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    datasets = ["demo_shapes", "demo_aerial"]
+    params, cfg = _b2n_workspace(tmp_path, datasets)
+    assert {p.name for p in expected_outputs(cfg) if p.stem.startswith("base2novel")} == {
+        "base2novel.md", "base2novel.csv", "base2novel_probes.md", "base2novel_probes.csv"}  # fmt: skip
+    rng = np.random.default_rng(0)
+    for view in ("base", "novel"):
+        _write_probes(f"demo_shapes-{view}", "prompt", rng, ["x.png"])
+    novel = tmp_path / "probes/demo_shapes-novel/prompt/seed1/bias_decomposition.parquet"
+    df = pd.read_parquet(novel)
+    df.loc[(df["variant"] == "prompt_tokens") & (df["key"] == "explained_share"), "value"] = 0.25
+    df.to_parquet(novel, index=False)
+    _render(params, "--only", "base2novel", "--only", "findings")
+
+    runs = strict_json(tmp_path / "metrics/summary.json")["runs"]
+    t = pd.read_csv(tmp_path / "results/tables/base2novel.csv").set_index(["dataset", "method"])
+    acc = {(d, m, v): runs[f"{d}-{v}/{m}"]["accuracy_mean"] for d in datasets for m in ("zeroshot", "prompt", "bias")
+           for v in ("base", "novel")}  # fmt: skip
+    for d in datasets:
+        b, n = acc[(d, "bias", "base")], acc[(d, "bias", "novel")]
+        assert t.loc[(d, "bias"), "base_mean"] == b and t.loc[(d, "bias"), "novel_mean"] == n
+        assert t.loc[(d, "bias"), "hm"] == pytest.approx(2 * b * n / (b + n))
+    base = sum(acc[(d, "prompt", "base")] for d in datasets) / 2
+    novel_avg = sum(acc[(d, "prompt", "novel")] for d in datasets) / 2
+    assert t.loc[("AVERAGE", "prompt"), "hm"] == pytest.approx(
+        2 * base * novel_avg / (base + novel_avg)
+    )  # HM of means
+    assert t["published_hm"].isna().all()  # demo datasets: nothing published
+
+    probes = pd.read_csv(tmp_path / "results/tables/base2novel_probes.csv")
+    row = probes[
+        (probes["dataset"] == "demo_shapes") & (probes["quantity"] == "explained share, text prompts")
+    ]
+    assert row["novel"].item() == pytest.approx(0.25) and row["base"].item() != pytest.approx(0.25)
+
+    f = pd.read_csv(tmp_path / "results/tables/findings.csv").set_index("finding").loc["novel_transfer"]
+    gain = sum(acc[(d, "bias", "novel")] - acc[(d, "prompt", "novel")] for d in datasets) / 2
+    assert f["value"] == pytest.approx(gain)
+    assert (
+        f["verdict"] == ("yes" if gain >= 0 else "no")
+        and ("better" if gain >= 0 else "worse") in f["measured"]
+    )
+
+
+def test_base2novel_cites_the_published_average_only_over_the_papers_datasets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params, _ = _b2n_workspace(tmp_path, list(PAPER_TABLE1))
+    _render(params, "--only", "base2novel")
+    t = pd.read_csv(tmp_path / "results/tables/base2novel.csv").set_index(["dataset", "method"])
+    row = t.loc[("AVERAGE", "zeroshot")]
+    assert (row["published_base"], row["published_novel"], row["published_hm"]) == (69.34, 74.22, 71.70)
+    assert row["published_source"] == "CoCoOp (Zhou et al., CVPR 2022), Table 1(a), CLIP"
+    assert (
+        "69.34 / 74.22 / 71.70 | CoCoOp (Zhou et al., CVPR 2022), Table 1(a), CLIP |"
+        in (tmp_path / "results/tables/base2novel.md").read_text()
+    )
+    assert pd.isna(t.loc[("AVERAGE", "bias"), "published_hm"])  # nothing published for bias tuning
+
+    cfg = yaml.safe_load(params.read_text())
+    cfg["sweep"]["datasets"] = list(PAPER_TABLE1)[:-1]  # ten of the eleven: not the published average
+    params.write_text(yaml.safe_dump(cfg))
+    _render(params, "--only", "base2novel")
+    t = pd.read_csv(tmp_path / "results/tables/base2novel.csv").set_index(["dataset", "method"])
+    assert pd.isna(t.loc[("AVERAGE", "zeroshot"), "published_hm"])
+
+
+def test_without_the_protocol_nothing_of_base2novel_is_rendered(demo):
+    tmp, _, cfg, _ = demo
+    assert not [p for p in expected_outputs(cfg) if "base2novel" in p.name]
+    assert not list((tmp / "results/tables").glob("base2novel*"))
+    assert "novel_transfer" not in (tmp / "results/tables/findings.csv").read_text()
+    html = (tmp / "results/report.html").read_text()
+    assert "sec-base2novel" not in html and "sec-cross_dataset" not in html  # no empty sections either
+
+
+def test_cross_dataset_table_sets_the_transfer_beside_the_source(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path, ["demo_shapes", "demo_aerial"], [])
+    cfg = yaml.safe_load(params.read_text())
+    cfg["protocols"], cfg["cross_dataset"] = ["fewshot", "cross_dataset"], {"source": "demo_shapes"}
+    params.write_text(yaml.safe_dump(cfg))
+    cfg = load_params([str(params)])
+    _write_metrics(["demo_shapes", "demo_aerial", "demo_aerial-from_demo_shapes"], cfg, random.Random(2))
+    aggregate(cfg)
+    assert {p.name for p in expected_outputs(cfg) if p.stem == "cross_dataset"} == {
+        "cross_dataset.md",
+        "cross_dataset.csv",
+    }
+    _render(params, "--only", "cross_dataset", "--only", "findings")
+    runs = strict_json(tmp_path / "metrics/summary.json")["runs"]
+    t = pd.read_csv(tmp_path / "results/tables/cross_dataset.csv").set_index("dataset")
+    assert t.loc["demo_aerial", "bias_mean"] == runs["demo_aerial-from_demo_shapes/bias"]["accuracy_mean"]
+    assert (
+        t.loc["demo_aerial", "zeroshot_mean"] == runs["demo_aerial/zeroshot"]["accuracy_mean"]
+    )  # the target's CLIP
+    assert (
+        t.loc["demo_shapes", "role"] == "source"
+        and t.loc["demo_shapes", "bias_mean"] == runs["demo_shapes/bias"]["accuracy_mean"]
+    )
+    source_gain = runs["demo_shapes/bias"]["accuracy_mean"] - runs["demo_shapes/zeroshot"]["accuracy_mean"]
+    target_gain = (
+        runs["demo_aerial-from_demo_shapes/bias"]["accuracy_mean"]
+        - runs["demo_aerial/zeroshot"]["accuracy_mean"]
+    )
+    f = pd.read_csv(tmp_path / "results/tables/findings.csv").set_index("finding").loc["dataset_transfer"]
+    assert f["value"] == pytest.approx(target_gain)
+    assert f["verdict"] == ("yes" if target_gain < source_gain else "no")
+    assert "novel_transfer" not in pd.read_csv(tmp_path / "results/tables/findings.csv")["finding"].tolist()

@@ -246,10 +246,57 @@ def test_training_curves_are_dvc_plots(workspace, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     shown = json.loads(res.stdout)["data"]
-    assert set(shown) == {"train-loss-demo_shapes", "train-accuracy-demo_shapes"}  # one plot per dataset
+    curves = {
+        name for name in shown if not name.endswith(".png")
+    }  # (the figures: image plots, not drawn here)
+    assert curves == {"train-loss-demo_shapes", "train-accuracy-demo_shapes"}  # one plot per dataset
     values = shown["train-loss-demo_shapes"][0]["content"]["data"]["values"]
     assert [
         (int(v["epoch"]), float(v["loss"])) for v in values if v["filename"] == "bias/seed1/curve.csv"
     ] == [
         (h["epoch"], h["loss"]) for h in history
     ]  # (the prompt run is declared too; not trained here, DVC reports it missing)
+
+
+def test_base_to_novel_trains_on_base_classes_and_evaluates_those_tensors_on_novel(workspace, tmp_path):
+    """CoCoOp's protocol through the commands: the base view trains into its own run folder; the novel
+    view scores the same tensors on the other half of the classes with their names; novel never trains."""
+    from promptbias import protocols
+
+    ws = workspace.copy(tmp_path / "b2n")
+    split = strict_json(ws.path / "data/raw/demo_shapes.json")
+    n = len(split["classnames"])
+    ws.cli("train", "--dataset", "demo_shapes-base", "--method", "bias", "--seed", "1")
+    run = ws.path / "runs/demo_shapes-base/bias/seed1"
+    assert (run / "params.safetensors").is_file() and not (ws.path / "runs/demo_shapes").exists()
+    record = strict_json(run / "train.json")
+    assert record["job"] == "train-demo_shapes-base-bias-s1"
+    assert record["train_images"] == 4 * -(-n // 2)  # 4 shots of each base class
+    refused = ws.run("train", "--dataset", "demo_shapes-novel", "--method", "bias", "--seed", "1")
+    assert refused.returncode == 2 and "train `--dataset demo_shapes-base`" in refused.stderr
+    for view, classes in (("base", -(-n // 2)), ("novel", n // 2)):
+        ws.cli("evaluate", "--dataset", f"demo_shapes-{view}", "--method", "bias", "--seed", "1")
+        m = strict_json(ws.path / f"metrics/demo_shapes-{view}/bias/seed1.json")
+        test = protocols.apply_view(split, view)["test"]
+        assert m["n_classes"] == classes and m["n_test"] == len(test) > 0
+        side = strict_json(ws.path / f"metrics/demo_shapes-{view}/bias/seed1.per_class.json")
+        assert side["evaluated"]["job"] == "train-demo_shapes-base-bias-s1"  # the base view's tensors
+        assert side["classnames"] == protocols.apply_view(split, view)["classnames"]
+
+
+def test_cross_dataset_evaluates_the_sources_tensors_with_the_targets_classes(workspace, tmp_path):
+    ws = workspace.copy(tmp_path / "xd")
+    ws.cli("fetch", "demo_aerial")
+    ws.cli("split", "demo_aerial", "--shots", "4", "--seed", "1")
+    ws.cli(*TRAIN_BIAS)  # the source's few-shot run: all its classes
+    refused = ws.run("train", "--dataset", "demo_aerial-from_demo_shapes", "--method", "bias", "--seed", "1")
+    assert refused.returncode == 2 and "train `--dataset demo_shapes`" in refused.stderr
+    ws.cli("evaluate", "--dataset", "demo_aerial-from_demo_shapes", "--method", "bias", "--seed", "1")
+    target = strict_json(ws.path / "data/raw/demo_aerial.json")
+    m = strict_json(ws.path / "metrics/demo_aerial-from_demo_shapes/bias/seed1.json")
+    assert m["n_classes"] == len(target["classnames"]) and m["n_test"] == len(target["test"])
+    side = strict_json(ws.path / "metrics/demo_aerial-from_demo_shapes/bias/seed1.per_class.json")
+    assert (
+        side["evaluated"]["job"] == "train-demo_shapes-bias-s1" and side["classnames"] == target["classnames"]
+    )
+    assert not (ws.path / "runs/demo_aerial-from_demo_shapes").exists()

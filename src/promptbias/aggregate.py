@@ -9,6 +9,9 @@ interval (sample std, n−1 degrees of freedom). OPTIMAL is the prompt configura
 grid's ``prompt-d<D>-n<N>``) with the best mean *validation* accuracy; the test-selected one is reported
 beside it, as the paper did. Missing runs are listed, not fatal.
 
+With the base2novel protocol the class views (``<ds>-base``, ``<ds>-novel``) are aggregated like
+datasets (their own entries; OPTIMAL is the few-shot sweep's only); render pairs them into base / novel / HM.
+
 Writes ``metrics/<ds>/<method>.json`` per dataset × method — the DVC metrics: mean test accuracy
 (``acc``), its std, macro and val accuracy, the number of seeds; one short row each in ``dvc metrics
 show`` — plus ``metrics/summary.json`` (every statistic, OPTIMAL, missing runs; read by render) and
@@ -86,8 +89,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def optimal(summary: dict[str, Any]) -> dict[str, Any]:
     """Per dataset: the prompt configuration chosen on validation accuracy, and the test-chosen one."""
+    from promptbias.protocols import parse
+
     best: dict[str, Any] = {}
-    datasets = sorted({e["dataset"] for e in summary.values()})
+    # the few-shot sweep's datasets: a base-to-novel class view is compared in its own table, not selected on
+    datasets = sorted({e["dataset"] for e in summary.values() if parse(e["dataset"])[1] is None})
     for d in datasets:
         candidates = [
             e

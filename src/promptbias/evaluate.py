@@ -14,6 +14,9 @@ A trained method is read only when its file's training identity is this config's
 is the subset its (shots, seed) gives. Writes ``metrics/<ds>/<method>/seed<S>.json`` — small and flat,
 for ``dvc metrics diff`` — and beside it ``seed<S>.per_class.json``: per-class accuracies plus the
 job's record (its params values, and the identity of the evaluated parameters).
+
+A base-to-novel class view (``--dataset dtd-base`` / ``dtd-novel``, :mod:`promptbias.protocols`) is scored
+on the test and val images of its classes with its class names; both read ``runs/dtd-base/…``.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
     from promptbias.data import images, splits
     from promptbias.io import write_json
     from promptbias.methods import Method
+    from promptbias.protocols import train_source
     from promptbias.runs import dataset_info, load_backbone, load_method
 
     # seeded as in train: a randomly initialised backbone (pretrained: null) is then the one trained on
@@ -116,7 +120,7 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
         s.model.precision,
         s.train.eval_batch_size,
     )
-    fewshot = splits.load_fewshot(root, dataset, s.data.shots, seed, split=ds.split)
+    fewshot = splits.load_fewshot(root, dataset, s.data.shots, seed, split=ds.raw_split)
     method = load_method(cfg, clip, ds, method_id, seed, check_splits=True)
 
     t0 = time.perf_counter()
@@ -126,28 +130,28 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
         from promptbias import frozen_features
 
         def encode_test_images() -> Any:  # only on a memo miss: a hit reads no image at all
-            pictures, _ = images.load_eval_images(root, dataset, test_items, clip.image_size, cache=cache)
+            pictures, _ = images.load_eval_images(root, ds.data, test_items, clip.image_size, cache=cache)
             return image_features(method, clip, pictures, batch, precision, desc)
 
         test_f, _ = frozen_features.memo(
-            cfg, clip, dataset, [item[0] for item in test_items], encode_test_images
+            cfg, clip, ds.data, [item[0] for item in test_items], encode_test_images
         )
         # the labels load_eval_images would return (it skips no image here: a bad one raises)
         test_y = torch.tensor([int(item[1]) for item in test_items])
         test_pred = predict(method, clip, None, batch, precision, features=test_f)
     else:
-        test_x, test_y = images.load_eval_images(root, dataset, test_items, clip.image_size, cache=cache)
+        test_x, test_y = images.load_eval_images(root, ds.data, test_items, clip.image_size, cache=cache)
         test_pred = predict(method, clip, test_x, batch, precision, desc=desc)
     seconds = time.perf_counter() - t0
     test = accuracy_report(test_pred, test_y, len(ds.classnames))
 
-    val_x, val_y = images.load_eval_images(root, dataset, fewshot["val"], clip.image_size, cache=cache)
+    val_x, val_y = images.load_eval_images(root, ds.data, fewshot["val"], clip.image_size, cache=cache)
     val_pred = predict(method, clip, val_x, batch, precision, desc=f"{dataset}/{method_id}/seed{seed} val")
     val = accuracy_report(val_pred, val_y, len(ds.classnames))
 
     status, trained = "ok", None
     if method_trains(method_id):
-        header = Method.read_header(paths.run_file(dataset, method_id, seed, paths.PARAMS))
+        header = Method.read_header(paths.run_file(train_source(dataset), method_id, seed, paths.PARAMS))
         status, trained = header["status"], header["identity"]
     metrics = {
         "dataset": dataset,

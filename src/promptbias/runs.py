@@ -2,6 +2,7 @@
 
 clip = load_backbone(cfg)                                   # frozen CLIP on the configured device
 ds = dataset_info(cfg, "eurosat")                           # classnames + template + split
+ds = dataset_info(cfg, "eurosat-novel")                     # a base-to-novel class view (ds.data: eurosat)
 method = load_method(cfg, clip, ds, "prompt", seed=1)       # zeroshot: built; others: trained params
 """
 
@@ -20,16 +21,33 @@ class DatasetInfo:
     name: str
     classnames: list[str]
     template: str
-    split: dict[str, Any]  # the normalised split (data/raw/<ds>.json)
+    split: dict[str, Any]  # the normalised split (data/raw/<ds>.json), kept to the view's classes
+    data: str = ""  # the dataset whose files it reads (a class view's dataset; else the name)
+    raw_split: dict[str, Any] | None = None  # the dataset's full split (the few-shot files are drawn from it)
+
+    def __post_init__(self) -> None:
+        self.data = self.data or self.name
+        self.raw_split = self.raw_split if self.raw_split is not None else self.split
 
 
 def dataset_info(cfg: dict[str, Any], dataset: str) -> DatasetInfo:
+    """A dataset, or a class view of one (``dtd-base``/``dtd-novel``: :mod:`promptbias.protocols`)."""
+    from promptbias import protocols
     from promptbias.data import registry, splits
 
-    spec = registry.get(dataset)  # an unknown name fails here, listing the known ones
-    split = splits.load_split(cfg["data"]["root"], dataset)
+    base, view = protocols.parse(dataset)
+    spec = registry.get(base)  # an unknown name fails here, listing the known ones
+    raw = splits.load_split(cfg["data"]["root"], base)
+    split = protocols.apply_view(raw, view) if view else raw
     template = split.get("template") or spec.template
-    return DatasetInfo(name=dataset, classnames=list(split["classnames"]), template=template, split=split)
+    return DatasetInfo(
+        name=dataset,
+        classnames=list(split["classnames"]),
+        template=template,
+        split=split,
+        data=base,
+        raw_split=raw,
+    )
 
 
 def set_threads(n: int) -> None:
@@ -59,20 +77,23 @@ def load_method(
 ):
     """Zero-shot is built from the template; trained methods are read from their run folder, after
     checking that this config's training job wrote them (:func:`check_trained_for`; ``check_splits``:
-    also that it trained on the split files there now)."""
+    also that it trained on the split files there now). A novel-class view reads the tensors its base
+    view learned (:func:`promptbias.protocols.train_source`), with its own class names."""
+    from promptbias import protocols
     from promptbias.methods import Method, build_method
 
     kind = method_kind(method_id)
     if not method_trains(method_id):  # built from the template alone
         return build_method(kind, clip, ds.classnames, ds.template)
-    path = paths.run_file(ds.name, method_id, seed, paths.PARAMS)
+    source = protocols.train_source(ds.name)
+    path = paths.run_file(source, method_id, seed, paths.PARAMS)
     if not path.is_file():
         raise UserError(
-            f"{path}: no trained parameters — run `{_train_command(ds.name, method_id, seed)}` first"
+            f"{path}: no trained parameters — run `{_train_command(source, method_id, seed)}` first"
         )
     method = Method.load(path, clip, ds.classnames, ds.template, expect_kind=kind)
     saved = Method.read_header(path).get("identity")
-    check_trained_for(cfg, path, saved, ds.name, method_id, seed, check_splits)
+    check_trained_for(cfg, path, saved, source, method_id, seed, check_splits)
     return method
 
 
@@ -115,13 +136,14 @@ def check_trained_for(
         return
     root, shots = cfg["data"]["root"], cfg["data"]["shots"]
     from promptbias.data.splits import split_digests
+    from promptbias.protocols import data_of
 
     for key, digest in split_digests(root, dataset, shots, seed).items():
         if saved.get("inputs", {}).get(key) != digest:
             which = (
-                paths.raw_json(root, dataset)
+                paths.raw_json(root, data_of(dataset))
                 if key == "raw_split"
-                else paths.split_json(root, dataset, shots, seed)
+                else paths.split_json(root, data_of(dataset), shots, seed)
             )
             raise UserError(f"{path}: trained on another version of {which} — {retrain}")
 

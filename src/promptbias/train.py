@@ -7,6 +7,9 @@ schedule stepped per epoch: lr(e) = lr·½(1+cos(π(e−w)/T)) for e ≥ w (T = 
 is dropped when N ≥ batch. bf16 autocast on CUDA, fp32 on CPU. Text features for all classes are computed
 once per step (once per run when no learnable tensor reaches the text tower).
 
+``--dataset <ds>-base`` trains on the base classes of the seed's few-shot split (CoCoOp's base-to-novel
+protocol, :mod:`promptbias.protocols`) into ``runs/<ds>-base/…``; a novel view is never trained.
+
 Outputs in ``runs/<ds>/<method>/seed<S>/``: ``params.safetensors`` (learned tensors, with the job's
 identity in the header), ``curve.csv`` (epoch, lr, loss, train accuracy: a DVC plot), ``train.json``
 (per-epoch loss/lr/accuracy, images/s, the job's params values and identity, provenance) and
@@ -38,7 +41,7 @@ from typing import Any
 
 import click
 
-from promptbias import paths
+from promptbias import paths, protocols
 from promptbias.checkpoint import TRAINED_IDENTITY, Checkpoint, job_identity
 from promptbias.config import RunContext
 from promptbias.errors import UserError
@@ -99,21 +102,20 @@ def load_training_data(s: Settings, dataset: str, seed: int, clip: Any) -> Train
     from promptbias.data import images, splits
 
     root, shots = s.data.root, s.data.shots
-    split = splits.load_split(root, dataset)
+    data = protocols.data_of(dataset)  # a class view (dtd-base) reads its dataset's files
+    split = splits.load_split(root, data)
     fewshot = splits.load_fewshot(root, dataset, shots, seed, split=split)
     if not fewshot["train"]:
         raise UserError(
-            f"{paths.split_json(root, dataset, shots, seed)}: the train split is empty — check that "
-            f"{paths.raw_json(root, dataset)} lists train images, then rerun `promptbias split`"
+            f"{paths.split_json(root, data, shots, seed)}: the train split is empty — check that "
+            f"{paths.raw_json(root, data)} lists train images, then rerun `promptbias split`"
         )
     rels = [str(item[0]) for item in fewshot["train"]]
     digests = {
-        **splits.split_digests(root, dataset, shots, seed),
-        "train_images": identity.listing_digest(
-            rels, identity.sha256_files(paths.raw_dir(root, dataset), rels)
-        ),
+        **splits.split_digests(root, data, shots, seed),
+        "train_images": identity.listing_digest(rels, identity.sha256_files(paths.raw_dir(root, data), rels)),
     }
-    pictures, labels = images.load_train_images(root, dataset, fewshot["train"], max_side=None)
+    pictures, labels = images.load_train_images(root, data, fewshot["train"], max_side=None)
     augment = images.TrainAugment(clip.image_size, scale=s.train.crop_scale, device=clip.device)
     return TrainingData(pictures, labels.to(clip.device), augment, s.train.batch_size, digests)
 
@@ -154,6 +156,11 @@ def train_run(
 
     s = Settings.of(cfg)
     m = s.method(method_id)
+    if protocols.train_source(dataset) != dataset:
+        raise UserError(
+            f"--dataset {dataset}: this view is never trained on (it evaluates the tensors of "
+            f"{protocols.train_source(dataset)}) — train `--dataset {protocols.train_source(dataset)}`"
+        )
     if m.lr is None:
         raise UserError(
             f"{m.kind} needs no training — run `promptbias evaluate --method {method_id}` directly"

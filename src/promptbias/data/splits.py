@@ -3,6 +3,7 @@
     split = load_split(root, "dtd")                      # data/raw/dtd.json (the normalised split)
     few = make_fewshot(split, shots=16, seed=1)          # {"dataset", "shots", "seed", "train", "val"}
     few = load_fewshot(root, "dtd", 16, 1)               # data/splits/dtd/shot16_seed1.json, verified
+    few = load_fewshot(root, "dtd-base", 16, 1)          # the same file, kept to the base classes
 
 Sampling reproduces Dassl's ``generate_fewshot_dataset`` as CoOp calls it: Python's Mersenne Twister
 seeded with S; items grouped by label in order of first appearance; per class
@@ -14,6 +15,9 @@ ImageNet is the one departure (its split says ``"val_from_train": true``): CoOp'
 so selecting on val would select on test images. Its val is instead min(K, 4) per class drawn, from the
 same random stream right after train, from the train images *not* in the K-shot train subset —
 disjoint from both train and test, and a function of the seed. The train subset is unchanged.
+
+A class view of base-to-novel (``dtd-base``, :mod:`promptbias.protocols`) reads the split files of its
+dataset and keeps the view's classes, as CoCoOp subsamples its few-shot subsets: no split file of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from promptbias import paths
+from promptbias import paths, protocols
 from promptbias.data.registry import REGISTRY
 from promptbias.errors import UserError
 from promptbias.io import read_json
@@ -86,9 +90,11 @@ def _read(path: Path, remake: str) -> dict[str, Any]:
 
 
 def split_digests(root: Path | str, dataset: str, shots: int, seed: int) -> dict[str, str]:
-    """The sha256 of the normalised split and of the few-shot split a training job reads."""
+    """The sha256 of the normalised split and of the few-shot split a training job reads (a class view:
+    its dataset's files)."""
     from promptbias.identity import sha256_file
 
+    dataset = protocols.data_of(dataset)
     return {
         "raw_split": sha256_file(paths.raw_json(root, dataset)),
         "fewshot_split": sha256_file(paths.split_json(root, dataset, shots, seed)),
@@ -99,7 +105,14 @@ def load_fewshot(
     root: Path | str, dataset: str, shots: int, seed: int, split: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The few-shot subset written by ``promptbias split`` — refused unless it is exactly the subset
-    that the normalised split gives for (shots, seed): a hand-edited or stale file never trains."""
+    that the normalised split gives for (shots, seed): a hand-edited or stale file never trains.
+
+    ``dataset`` may be a class view (``dtd-base``): its dataset's subset kept to the view's classes;
+    ``split`` is then the dataset's full normalised split, not the view's."""
+    base, view = protocols.parse(dataset)
+    if view is not None:
+        full = split if split is not None else load_split(root, base)
+        return protocols.fewshot_view(load_fewshot(root, base, shots, seed, split=full), full, view)
     path = paths.split_json(root, dataset, shots, seed)
     remake = f"promptbias split {dataset} --shots {shots} --seed {seed}"
     if not path.is_file():

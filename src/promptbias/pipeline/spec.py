@@ -9,6 +9,12 @@ outputs (path templates over the matrix wildcards ``dataset``/``method``/``seed`
 :mod:`promptbias.paths`), the matrix taken from params lists, its dependencies, the params keys its
 command reads, and whether it needs a GPU. :mod:`promptbias.pipeline.plan` expands the spec into jobs.
 
+Protocols (params ``protocols``, :mod:`promptbias.protocols`) add rows to the same matrices: with
+``base2novel`` every dataset gains the class views ``<ds>-base`` (trained, evaluated, probed) and
+``<ds>-novel`` (evaluated and probed with the base view's tensors); with ``cross_dataset`` every other
+sweep dataset gains ``<ds>-from_<source>`` (evaluated with the source's few-shot tensors). The same
+commands run them; the few-shot jobs and their params stay exactly as without the protocols.
+
 Params keys are exactly what the command reads (a test holds every command to them): editing any
 other key reruns nothing. Performance-only keys (``data.num_workers``) are not params of any stage.
 Code changes are not dependencies (force a stage: ``dvc repro -f -s <stage>`` /
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptbias import catalog, paths
+from promptbias import catalog, paths, protocols
 from promptbias.config import grid_method_ids, method_kind, method_trains
 from promptbias.errors import UserError
 
@@ -114,11 +120,46 @@ def seeds(cfg: Config) -> list[str]:
     return [str(s) for s in cfg["sweep"]["seeds"]]
 
 
+def class_views(cfg: Config, datasets: list[str]) -> list[tuple[str, str]]:
+    """(view id, dataset) of the base-to-novel class views of ``datasets`` when that protocol is on."""
+    if not protocols.enabled(cfg, protocols.BASE2NOVEL):
+        return []
+    return [(protocols.view_id(d, v), d) for d in datasets for v in protocols.VIEWS]
+
+
+def transfer_views(cfg: Config) -> list[tuple[str, str]]:
+    """(view id, source) of the cross-dataset views when that protocol is on: every other sweep dataset
+    evaluated with the source's few-shot tensors."""
+    if not protocols.enabled(cfg, protocols.CROSS_DATASET):
+        return []
+    source = cfg["cross_dataset"]["source"]
+    return [(protocols.transfer_id(d, source), source) for d in cfg["sweep"]["datasets"] if d != source]
+
+
+def protocol_keys(cfg: Config) -> list[str]:
+    """``protocols`` (and ``cross_dataset`` with that protocol) when more than the few-shot sweep is
+    selected (the default config's jobs stay as they were): aggregate and render read them for the views."""
+    if list(cfg.get("protocols", [])) == [protocols.FEWSHOT]:
+        return []
+    return ["protocols", *(["cross_dataset"] if protocols.enabled(cfg, protocols.CROSS_DATASET) else [])]
+
+
 def evaluate_matrix(cfg: Config) -> list[Wildcards]:
-    return [
+    """The few-shot sweep, then each base-to-novel class view with its dataset's methods, then each
+    cross-dataset view with the source's trained methods (zero-shot on a target is its sweep run), × seeds."""
+    plain = all_datasets(cfg)
+    rows = [(d, d) for d in plain] + class_views(cfg, plain)
+    out = [
         {"dataset": d, "method": m, "seed": s}
-        for d in all_datasets(cfg)
-        for m in methods_for(cfg, d)
+        for d, of in rows
+        for m in methods_for(cfg, of)
+        for s in seeds(cfg)
+    ]
+    return out + [
+        {"dataset": d, "method": m, "seed": s}
+        for d, source in transfer_views(cfg)
+        for m in methods_for(cfg, source)
+        if method_trains(m)
         for s in seeds(cfg)
     ]
 
@@ -128,10 +169,15 @@ def method_pairs(cfg: Config) -> list[tuple[str, str]]:
     return list(dict.fromkeys((w["dataset"], w["method"]) for w in evaluate_matrix(cfg)))
 
 
+def _trained(w: Wildcards) -> bool:
+    """A run with a training job of its own (a novel view evaluates its base view's tensors)."""
+    return method_trains(w["method"]) and protocols.train_source(w["dataset"]) == w["dataset"]
+
+
 def train_matrix(cfg: Config) -> list[Wildcards]:
     """The evaluated runs that train, then probed runs that are trained for the probes only (Figs. 2-3)."""
-    out = [w for w in evaluate_matrix(cfg) if method_trains(w["method"])]
-    return out + [w for w in probe_matrix(cfg) if method_trains(w["method"]) and w not in out]
+    out = [w for w in evaluate_matrix(cfg) if _trained(w)]
+    return out + [w for w in probe_matrix(cfg) if _trained(w) and w not in out]
 
 
 def probed_methods(cfg: Config) -> list[str]:
@@ -153,8 +199,9 @@ def probe_matrix(cfg: Config) -> list[Wildcards]:
         return []
     known_seeds = seeds(cfg)
     out = []
-    for ds in cfg["sweep"]["datasets"]:
-        known = methods_for(cfg, ds)
+    plain = list(cfg["sweep"]["datasets"])
+    for ds, of in [(d, d) for d in plain] + class_views(cfg, plain):  # views: novel-class inputs too
+        known = methods_for(cfg, of)
         for m in probed_methods(cfg):
             if m not in known and m in probes["methods"]:
                 raise UserError(
@@ -220,22 +267,27 @@ def probe_keys(cfg: Config, method: str) -> list[str]:
 # ------------------------------------------------------------------------------------------- deps
 def _evaluate_deps(cfg: Config, w: Wildcards) -> list[str]:
     root, ds, method, seed = data_root(cfg), w["dataset"], w["method"], w["seed"]
-    shots = cfg["data"]["shots"]
-    deps = [_p(paths.raw_json(root, ds)), _p(paths.split_json(root, ds, shots, seed))]  # val accuracy
+    shots, data = cfg["data"]["shots"], protocols.data_of(ds)  # a class view reads its dataset's files
+    deps = [_p(paths.raw_json(root, data)), _p(paths.split_json(root, data, shots, seed))]  # val accuracy
     if cfg["data"]["cache_images"]:
-        deps.append(_p(paths.cache_dir(root, ds)))
+        deps.append(_p(paths.cache_dir(root, data)))
     if method_trains(method):  # zero-shot depends on no train stage
-        deps.append(_p(paths.run_file(ds, method, seed, paths.PARAMS)))
+        source = protocols.train_source(ds)
+        if protocols.data_of(source) != data:  # a transfer: the source's split files are checked too
+            src = protocols.data_of(source)
+            deps += [_p(paths.raw_json(root, src)), _p(paths.split_json(root, src, shots, seed))]
+        deps.append(_p(paths.run_file(source, method, seed, paths.PARAMS)))
     return deps + weights_deps(cfg)
 
 
 def _probe_deps(cfg: Config, w: Wildcards) -> list[str]:
     root, ds, method, seed = data_root(cfg), w["dataset"], w["method"], w["seed"]
-    deps = [_p(paths.raw_json(root, ds))]
+    data = protocols.data_of(ds)
+    deps = [_p(paths.raw_json(root, data))]
     if cfg["data"]["cache_images"]:
-        deps.append(_p(paths.cache_dir(root, ds)))
+        deps.append(_p(paths.cache_dir(root, data)))
     if method_trains(method):
-        deps.append(_p(paths.run_file(ds, method, seed, paths.PARAMS)))
+        deps.append(_p(paths.run_file(protocols.train_source(ds), method, seed, paths.PARAMS)))
     return deps + weights_deps(cfg)
 
 
@@ -338,8 +390,12 @@ STAGES: tuple[Stage, ...] = (
         ],
         matrix=train_matrix,
         deps=lambda cfg, w: [
-            _p(paths.raw_json(data_root(cfg), w["dataset"])),
-            _p(paths.split_json(data_root(cfg), w["dataset"], cfg["data"]["shots"], w["seed"])),
+            _p(paths.raw_json(data_root(cfg), protocols.data_of(w["dataset"]))),
+            _p(
+                paths.split_json(
+                    data_root(cfg), protocols.data_of(w["dataset"]), cfg["data"]["shots"], w["seed"]
+                )
+            ),
             *weights_deps(cfg),
         ],
         params=lambda cfg, w: train_keys(w["method"]),
@@ -378,7 +434,13 @@ STAGES: tuple[Stage, ...] = (
         deps=lambda cfg, w: [
             _p(paths.metrics_json(v["dataset"], v["method"], v["seed"])) for v in evaluate_matrix(cfg)
         ],
-        params=lambda cfg, w: ["sweep.datasets", "sweep.methods", "sweep.seeds", "sensitivity"],
+        params=lambda cfg, w: [
+            "sweep.datasets",
+            "sweep.methods",
+            "sweep.seeds",
+            "sensitivity",
+            *protocol_keys(cfg),
+        ],
         log=_p(paths.log_file("aggregate")),
     ),
     Stage(
@@ -416,6 +478,7 @@ STAGES: tuple[Stage, ...] = (
             "probes.relevancy_prompt",
             "methods.prompt.depth_text",  # probes.relevancy_prompt.depth: null
             "sensitivity",
+            *protocol_keys(cfg),
         ],
         log=_p(paths.log_file("render")),
     ),
@@ -426,6 +489,17 @@ STAGE_BY_RULE = {s.rule_name: s for s in STAGES}
 
 def check_consistency(cfg: Config) -> None:
     """Cross-key rules the schema cannot express (raised before any job is planned)."""
+    source = cfg.get("cross_dataset", {}).get("source")
+    if protocols.enabled(cfg, protocols.CROSS_DATASET) and source not in cfg["sweep"]["datasets"]:
+        raise UserError(
+            f"cross_dataset.source: {source!r} is not in sweep.datasets — add it there (its few-shot runs are "
+            "the tensors transferred) or choose one of them"
+        )
+    if protocols.FEWSHOT not in cfg.get("protocols", [protocols.FEWSHOT]):
+        raise UserError(
+            f"protocols: {cfg['protocols']} lacks fewshot — keep it first (Table 1, the probes and the "
+            "report are the few-shot sweep's); add base2novel / cross_dataset beside it"
+        )
     if cfg["demo"]["enabled"]:
         weights = _p(paths.demo_weights(demo_clip_dir(cfg)))
         if cfg["model"]["pretrained"] != weights:

@@ -12,6 +12,9 @@ and explicit attention. Writes atomically, under ``probes/<ds>/<method>/seed<S>/
   layer, head, variant, key, value, n);
 * ``<kind>.json`` — every convention the probe chose, the settings, the sample and provenance;
 * ``<kind>.npz`` — arrays, for probes that have them (maps, bias_decomposition).
+
+``--dataset dtd-novel`` (a base-to-novel class view, :mod:`promptbias.protocols`) probes the tensors
+learned on the base classes on a sample of the novel-class test images, with the novel class names.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
     items = [test[i] for i in idx]
     uint8, labels = data_images.load_eval_images(
         cfg["data"]["root"],
-        dataset,
+        ds.data,  # a class view (dtd-novel) reads its dataset's images
         items,
         clip.image_size,
         cache=bool(cfg["data"]["cache_images"]),

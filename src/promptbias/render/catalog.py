@@ -13,7 +13,9 @@ from typing import Any
 
 from promptbias.render import (  # noqa: F401  (registration, in report order)
     attention_shares,
+    base2novel,
     bias_decomposition,
+    cross_dataset,
     distance_entropy,
     findings,
     maps,

@@ -339,9 +339,69 @@ FINDINGS: tuple[Callable[[Inputs], Finding], ...] = (
 )
 
 
+def _novel_transfer(inputs: Inputs) -> Finding:
+    """Base-to-novel (protocols: base2novel): does bias tuning carry over to unseen classes better than prompts?"""
+    from promptbias.protocols import NOVEL, view_id
+
+    f = Finding(
+        "novel_transfer",
+        "A class-independent shift (the dataset bias) carries over to classes never tuned on: bias tuning's "
+        "novel-class accuracy is at least prompt tuning's (base-to-novel protocol)",
+        "BIAS − PROMPT novel-class test accuracy (pp), mean over the sweep datasets (tuned on the base classes)",
+        "≥ +0.00 pp (the sign: better or worse)",
+    )
+    gains = {}
+    for d in inputs.datasets:
+        bias, prompt = inputs.run(view_id(d, NOVEL), "bias"), inputs.run(view_id(d, NOVEL), PROMPT)
+        if bias is not None and prompt is not None:
+            gains[d] = float(bias["accuracy_mean"]) - float(prompt["accuracy_mean"])
+    if not gains:
+        f.detail = "no sweep dataset has both a bias and a prompt result on its novel classes"
+        f.gaps.append(Gap("Findings / novel-class transfer", f.detail))
+        return f
+    f.value = _mean(list(gains.values()))
+    f.measured = f"{f.value:+.2f} pp ({'better' if f.value >= 0 else 'worse'} than prompts)"
+    f.verdict = _verdict(f.value >= 0)
+    f.detail = "; ".join(f"{d} {g:+.2f}" for d, g in gains.items())
+    return f
+
+
+def _dataset_transfer(inputs: Inputs) -> Finding:
+    """Cross-dataset (protocols: cross_dataset): a dataset-specific shift should not carry over to other datasets."""
+    from promptbias.render import cross_dataset
+
+    source = inputs.cfg["cross_dataset"]["source"]
+    f = Finding(
+        "dataset_transfer",
+        f"A dataset-specific shift (the dataset bias) does not carry over to other datasets: bias tuned on "
+        f"{source} gains less over CLIP on the other datasets than on {source} (cross-dataset protocol)",
+        f"BIAS − CLIP test accuracy (pp): mean over the other sweep datasets (tuned on {source}); on {source}",
+        "targets < source",
+    )
+    rows = cross_dataset.build_rows(inputs)
+    on_source, on_targets = cross_dataset.gains(rows, "bias")
+    if on_source is None or on_targets is None:
+        f.detail = f"bias or zero-shot not run on {source} or on its targets"
+        f.gaps.append(Gap("Findings / cross-dataset transfer", f.detail))
+        return f
+    f.value = on_targets
+    f.measured = f"targets {on_targets:+.2f} pp, source {on_source:+.2f} pp"
+    f.verdict = _verdict(on_targets < on_source)
+    f.detail = "; ".join(
+        f"{r['dataset']} {r['bias'][0] - r['zeroshot'][0]:+.2f}"
+        for r in rows
+        if r["role"] == "target" and r["bias"][0] is not None and r["zeroshot"][0] is not None
+    )
+    return f
+
+
 def build(inputs: Inputs) -> list[Finding]:
-    """Every finding, measured on what this run wrote (in the paper's order)."""
-    return [measure(inputs) for measure in FINDINGS]
+    """Every finding, measured on what this run wrote (in the paper's order; then the protocols' own)."""
+    from promptbias.protocols import BASE2NOVEL, CROSS_DATASET, enabled
+
+    extra = [_novel_transfer] if enabled(inputs.cfg, BASE2NOVEL) else []
+    extra += [_dataset_transfer] if enabled(inputs.cfg, CROSS_DATASET) else []
+    return [measure(inputs) for measure in (*FINDINGS, *extra)]
 
 
 # -- writers -------------------------------------------------------------------------------------

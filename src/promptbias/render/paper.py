@@ -47,3 +47,11 @@ def display_name(dataset: str) -> str:
     if dataset in PAPER_ROWS:
         return PAPER_ROWS[dataset]
     return dataset.replace("_", " ").capitalize()
+
+
+# Published base-to-novel results (CoCoOp's protocol), ViT-B/16, 16 shots on the base classes: (base, novel,
+# HM) per (dataset or "AVERAGE", our method id), each with the paper and table it is copied from. Only
+# values checked against the source are entered; a cell without one shows none (never a guess).
+PUBLISHED_BASE2NOVEL: dict[tuple[str, str], tuple[float, float, float, str]] = {
+    ("AVERAGE", "zeroshot"): (69.34, 74.22, 71.70, "CoCoOp (Zhou et al., CVPR 2022), Table 1(a), CLIP"),
+}

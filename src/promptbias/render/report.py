@@ -120,6 +120,8 @@ def build(cfg: dict[str, Any], gaps: dict[str, list[Gap]]) -> str:
         if r.name == "report":
             continue
         items = r.items(cfg)
+        if not items:  # a protocol's renderer with the protocol off: no section
+            continue
         body = "\n".join(_table_item(it) if it.kind == "table" else _figure(it, cfg) for it in items)
         toc.append(f'<li><a href="#sec-{r.name}">{html.escape(r.title)}</a></li>')
         sections.append(f'<section id="sec-{r.name}"><h2>{html.escape(r.title)}</h2>\n{body}</section>')
