@@ -7,6 +7,7 @@ on timing: held jobs (``PROMPTBIAS_FAULT=…:hold``) write their pid to a mark f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -51,11 +52,27 @@ def _run(ws: Workspace, *args: str, socket: str | None, **extra: str) -> subproc
     return subprocess.run(_cmd(ws, *args), cwd=ws.path, capture_output=True, text=True, env=env, timeout=600)
 
 
+_started: list[tuple[subprocess.Popen, Path]] = []  # held jobs: never left behind by a failing test
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_jobs():
+    yield
+    while _started:
+        proc, mark = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if mark.exists():  # the held child (warm: a process of the server's)
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(mark.read_text()), signal.SIGKILL)
+
+
 def _popen(ws: Workspace, *args: str, socket: str | None, mark: Path, fault: str = HOLD) -> subprocess.Popen:
     env = _env(
         PROMPTBIAS_FAULT=fault, PROMPTBIAS_FAULT_MARK=str(mark), **({warm.ENV: socket} if socket else {})
     )
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         _cmd(ws, *args),
         cwd=ws.path,
         env=env,
@@ -64,6 +81,8 @@ def _popen(ws: Workspace, *args: str, socket: str | None, mark: Path, fault: str
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal, not from `&`
     )
+    _started.append((proc, mark))
+    return proc
 
 
 def _held_pid(proc: subprocess.Popen, mark: Path) -> int:
