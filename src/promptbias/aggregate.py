@@ -136,7 +136,7 @@ def method_metrics(entry: dict[str, Any] | None) -> dict[str, Any]:
 def aggregate(cfg: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
 
-    from promptbias.io import atomic_path, write_json
+    from promptbias.io import write_csv, write_json
     from promptbias.pipeline.spec import method_pairs
 
     records, missing = collect(cfg)
@@ -148,9 +148,7 @@ def aggregate(cfg: dict[str, Any]) -> dict[str, Any]:
         )
     write_json(paths.SUMMARY_JSON, result)
     table = pd.DataFrame(list(summary.values())).drop(columns=["seeds", "diverged_seeds"], errors="ignore")
-    out = paths.SUMMARY_CSV
-    with atomic_path(out, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(paths.SUMMARY_CSV, table)
     return result
 
 

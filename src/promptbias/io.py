@@ -160,6 +160,12 @@ def write_text(target: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_csv(target: str | os.PathLike, frame: Any) -> None:
+    """A pandas DataFrame as CSV without its index, written atomically."""
+    with atomic_path(target, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def write_json(target: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """Strict JSON (RFC 8259): a NaN or infinite number is written as ``null`` — what DVC, jq and every
     other JSON reader accept — never as Python's ``NaN`` literal."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptbias import paths, protocols
-from promptbias.io import atomic_path, write_text
+from promptbias.io import write_csv, write_text
 from promptbias.render.inputs import Inputs, select
 from promptbias.render.paper import PUBLISHED_BASE2NOVEL, display_name
 from promptbias.render.registry import Gap, Item, register
@@ -238,16 +238,13 @@ def render_base2novel(inputs: Inputs) -> list[Gap]:
     if not _enabled(inputs.cfg):
         return []
     rows = build_rows(inputs)
-    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
-        frame(rows).to_csv(tmp, index=False)
+    write_csv(paths.table_file(f"{STEM}.csv"), frame(rows))
     write_text(paths.table_file(f"{STEM}.md"), markdown(rows))
     probes = probe_rows(inputs)
     import pandas as pd
 
-    with atomic_path(paths.table_file(f"{PROBES_STEM}.csv"), suffix=".csv") as tmp:
-        pd.DataFrame(probes, columns=["dataset", "method", "quantity", *protocols.VIEWS]).to_csv(
-            tmp, index=False
-        )
+    columns = ["dataset", "method", "quantity", *protocols.VIEWS]
+    write_csv(paths.table_file(f"{PROBES_STEM}.csv"), pd.DataFrame(probes, columns=columns))
     write_text(paths.table_file(f"{PROBES_STEM}.md"), probes_markdown(probes))
     return [
         Gap(f"Base-to-novel / {display_name(r.dataset)} / {r.method}", "base or novel view not run")

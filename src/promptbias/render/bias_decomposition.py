@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from promptbias import paths
-from promptbias.io import atomic_path, write_text
+from promptbias.io import write_csv, write_text
 from promptbias.render.inputs import Inputs
 from promptbias.render.registry import Gap, Item, figure_paths, register
 from promptbias.render.style import (
@@ -190,7 +190,6 @@ def _outputs(cfg: dict[str, Any]):
 def render_bias_decomposition(inputs: Inputs) -> list[Gap]:
     df = tidy(inputs)
     gaps = _draw(inputs, df)
-    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(paths.table_file(f"{STEM}.csv"), df)
     write_text(paths.table_file(f"{STEM}.md"), markdown(df, gaps))
     return gaps

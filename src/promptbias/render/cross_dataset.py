@@ -17,7 +17,7 @@ from typing import Any
 
 from promptbias import paths, protocols
 from promptbias.config import method_trains
-from promptbias.io import atomic_path, write_text
+from promptbias.io import write_csv, write_text
 from promptbias.render.inputs import Inputs
 from promptbias.render.paper import display_name
 from promptbias.render.registry import Gap, Item, register
@@ -134,8 +134,7 @@ def render_cross_dataset(inputs: Inputs) -> list[Gap]:
     if not _enabled(inputs.cfg):
         return []
     rows = build_rows(inputs)
-    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
-        frame(inputs, rows).to_csv(tmp, index=False)
+    write_csv(paths.table_file(f"{STEM}.csv"), frame(inputs, rows))
     write_text(paths.table_file(f"{STEM}.md"), markdown(inputs, rows))
     return [
         Gap(f"Cross-dataset / {display_name(r['dataset'])} / {m}", "not run")

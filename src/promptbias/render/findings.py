@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptbias import paths
-from promptbias.io import atomic_path, write_text
+from promptbias.io import write_csv, write_text
 from promptbias.render.inputs import Inputs, select
 from promptbias.render.registry import Gap, Item, register
 
@@ -476,7 +476,6 @@ def _outputs(cfg: dict[str, Any]):
 @register("findings", "Findings", _items, _outputs, order=5)
 def render_findings(inputs: Inputs) -> list[Gap]:
     rows = build(inputs)
-    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
-        frame(rows).to_csv(tmp, index=False)
+    write_csv(paths.table_file(f"{STEM}.csv"), frame(rows))
     write_text(paths.table_file(f"{STEM}.md"), markdown(rows))
     return list({str(g): g for r in rows for g in r.gaps}.values())

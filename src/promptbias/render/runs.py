@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from promptbias import paths
-from promptbias.io import atomic_path, write_text
+from promptbias.io import write_csv, write_text
 from promptbias.pipeline.spec import all_datasets, methods_for
 from promptbias.render.inputs import Inputs
 from promptbias.render.registry import Gap, Item, register
@@ -75,10 +75,12 @@ def render_runs(inputs: Inputs) -> list[Gap]:
     import pandas as pd
 
     table = rows(inputs)
-    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
+    write_csv(
+        paths.table_file(f"{STEM}.csv"),
         pd.DataFrame(
             table, columns=["dataset", "method", "accuracy_mean", "accuracy_std", "n_seeds", "probes"]
-        ).to_csv(tmp, index=False)
+        ),
+    )
     write_text(paths.table_file(f"{STEM}.md"), markdown(table))
     return [
         Gap(f"runs / {r['dataset']} / {r['method']}", "not run") for r in table if r["accuracy_mean"] is None

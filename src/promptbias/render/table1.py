@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptbias import paths
-from promptbias.io import atomic_path, write_text
+from promptbias.io import write_csv, write_text
 from promptbias.render.inputs import Inputs
 from promptbias.render.paper import PAPER_AVERAGE, PAPER_TABLE1, display_name
 from promptbias.render.registry import Gap, Item, register
@@ -295,8 +295,7 @@ def _outputs(cfg: dict[str, Any]):
 def render_table1(inputs: Inputs) -> list[Gap]:
     rows = build_rows(inputs)
     df = frame(rows)
-    with atomic_path(paths.table_file(f"{STEM}.csv"), suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(paths.table_file(f"{STEM}.csv"), df)
     write_text(paths.table_file(f"{STEM}.md"), markdown(rows))
     write_text(paths.table_file(f"{STEM}.tex"), latex(rows))
     gaps = []
