@@ -209,13 +209,19 @@ def test_probe_methods_must_be_evaluated(tmp_path):
         Pipeline.from_files([str(REPO / "params.yaml"), str(bad)])
 
 
+XD_FILE = {"xd.yaml": "protocols: [fewshot, cross_dataset]\n"}  # the paper + cross-dataset and DG views
+
+
 @pytest.mark.parametrize(
     "configfiles",
-    [[], ["config/demo.yaml"], ["config/demo.yaml", "config/demo-generalization.yaml"]],
-    ids=["paper", "demo", "demo-generalization"],
+    [[], ["config/demo.yaml"], ["config/demo.yaml", "config/demo-generalization.yaml"], ["xd.yaml"]],
+    ids=["paper", "demo", "demo-generalization", "paper-cross_dataset"],
 )
 def test_snakemake_and_dvc_plan_the_same_jobs(tmp_path, configfiles):
     proj = project_copy(tmp_path)
+    for name in configfiles:
+        if name in XD_FILE:
+            (proj / name).write_text(XD_FILE[name])
     files = ("params.yaml", *configfiles)
     if configfiles:  # the dvc.yaml of this layering, as a user would generate it
         run(["promptbias", *(a for f in files for a in ("--params", f)), "dvc-yaml"], proj)
@@ -246,7 +252,8 @@ def test_snakemake_and_dvc_plan_the_same_jobs(tmp_path, configfiles):
     for outs, (cmd, deps, keys) in sm_jobs.items():
         assert (cmd, deps, keys) == dvc_jobs[outs], outs
     gpu_rules = {j["rule"] for j in sm if j["gpu"]}
-    assert gpu_rules == (set() if configfiles else {"train", "evaluate", "probe"})  # demo: device cpu
+    demo = "config/demo.yaml" in configfiles
+    assert gpu_rules == (set() if demo else {"train", "evaluate", "probe"})  # demo: device cpu
     assert all(j["log"] for j in sm)
 
 
@@ -289,14 +296,17 @@ def test_snakemake_dry_run_plans_the_protocols_only_when_switched_on(tmp_path):
     off = run(argv, proj, timeout=900).stdout
     views = re.compile(r"dataset=[a-z0-9_]+-(base|novel|from_[a-z0-9_]+)\b")
     assert not views.search(off)  # off: not one job of a class view or a transfer
+    assert not re.search(r"imagenet(v2|_sketch|_a|_r)\b", off)  # nor of an ImageNet variant
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", on, flags=re.M))
     # the few-shot sweep as before, plus: train on base (prompt, bias × 3 seeds + the Figs. 2-3 model),
     # evaluate both views (3 methods × 3 seeds), probe both views (3 methods + the 4+4 model); the
-    # cross-dataset transfer evaluates ImageNet's prompt and bias runs on the 10 others (× 3 seeds), no training
+    # cross-dataset transfer evaluates ImageNet's prompt and bias runs on the 10 others (× 3 seeds), no training,
+    # and (domain generalisation) zero-shot and those runs on the 4 ImageNet variants (fetched and cached)
     assert int(counts["train"]) == 11 * 2 * 3 + 11 + 11 * (2 * 3 + 1)
-    assert int(counts["evaluate"]) == 11 * 3 * 3 * 3 + 10 * 2 * 3
+    assert int(counts["evaluate"]) == 11 * 3 * 3 * 3 + 10 * 2 * 3 + 4 * 3 * 3
     assert int(counts["probe"]) == 11 * 4 * 3
-    assert int(counts["fetch"]) == 11 and int(counts["split"]) == 33  # no data of their own
+    assert int(counts["fetch"]) == int(counts["cache"]) == 11 + 4
+    assert int(counts["split"]) == 33  # the views and the test-only variants have no split of their own
     for ds in ("imagenet", "eurosat"):
         assert f"dataset={ds}-base, method=bias, seed=3" in on
         assert f"dataset={ds}-novel, method=zeroshot, seed=1" in on
@@ -304,7 +314,14 @@ def test_snakemake_dry_run_plans_the_protocols_only_when_switched_on(tmp_path):
     assert (
         "dataset=eurosat-from_imagenet, method=bias, seed=2" in on and "runs/eurosat-from_imagenet" not in on
     )
-    assert "imagenet-from_imagenet" not in on and "from_imagenet, method=zeroshot" not in on
+    assert "imagenet-from_imagenet" not in on
+    transfers_zs = re.findall(r"dataset=([a-z0-9_]+)-from_imagenet, method=zeroshot, seed=1\b", on)
+    assert sorted(transfers_zs) == ["imagenet_a", "imagenet_r", "imagenet_sketch", "imagenetv2"]  # DG only
+    for variant in ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"):
+        assert f"dataset={variant}-from_imagenet, method=prompt, seed=3" in on
+        assert f"data/raw/{variant}.json" in on and f"data/cache/{variant}" in on
+        assert f"data/splits/{variant}/" not in on and f"runs/{variant}" not in on
+        assert f"probes/{variant}" not in on
 
 
 def test_base2novel_jobs_read_the_base_run_and_their_datasets_files(tmp_path):
@@ -348,6 +365,74 @@ def test_a_transfer_reads_the_sources_run_and_the_targets_files(tmp_path):
     bad.write_text("protocols: [fewshot, cross_dataset]\ncross_dataset: {source: demo_shapes}\n")
     with pytest.raises(UserError, match=r"^cross_dataset.source: 'demo_shapes' is not in sweep.datasets"):
         Pipeline.from_files([str(REPO / "params.yaml"), str(bad)])
+
+
+def test_domain_generalisation_evaluates_the_imagenet_variants_with_imagenets_runs(tmp_path):
+    (tmp_path / "xd.yaml").write_text("protocols: [fewshot, cross_dataset]\n")
+    pipe = Pipeline.from_files([str(REPO / "params.yaml"), str(tmp_path / "xd.yaml")])
+    assert pipe.cfg["cross_dataset"]["domain_targets"] == [
+        "imagenetv2",
+        "imagenet_sketch",
+        "imagenet_a",
+        "imagenet_r",
+    ]
+    job = pipe.job("evaluate", {"dataset": "imagenet_r-from_imagenet", "method": "bias", "seed": 2})
+    assert job.deps == ["data/raw/imagenet_r.json", "data/cache/imagenet_r",  # test-only: no split (no val)
+                        "data/raw/imagenet.json", "data/splits/imagenet/shot16_seed2.json",  # checked: the run's
+                        "runs/imagenet/bias/seed2/params.safetensors"]  # fmt: skip
+    assert job.out_paths[0] == "metrics/imagenet_r-from_imagenet/bias/seed2.json"
+    zs = pipe.job("evaluate", {"dataset": "imagenet_r-from_imagenet", "method": "zeroshot", "seed": 1})
+    assert zs.deps == ["data/raw/imagenet_r.json", "data/cache/imagenet_r"]
+    assert (
+        job.params
+        == pipe.job("evaluate", {"dataset": "dtd-from_imagenet", "method": "bias", "seed": 2}).params
+    )
+    plain = {j.name: j for j in _pipe().jobs()}
+    both = {j.name: j for j in pipe.jobs()}
+    added = {n for n in set(both) - set(plain) if re.search(r"-imagenet(v2|_sketch|_a|_r)\b", n)}
+    variants = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+    assert added == {f"{stage}-{v}" for stage in ("fetch", "cache") for v in variants} | {
+        f"evaluate-{v}-from_imagenet-{m}-s{s}"
+        for v in variants
+        for m in ("zeroshot", "prompt", "bias")
+        for s in (1, 2, 3)
+    }  # never split, trained or probed
+    changed = {n for n in plain if (plain[n].args, plain[n].deps, plain[n].outs, plain[n].params)
+               != (both[n].args, both[n].deps, both[n].outs, both[n].params)}  # fmt: skip
+    assert changed == {"aggregate", "render"}
+    assert "cross_dataset.domain_targets" in _leaf_keys(pipe.cfg, both["aggregate"].params)
+    # another source: the variants are not its domain shifts (their classes are ImageNet's)
+    (tmp_path / "other.yaml").write_text(
+        "protocols: [fewshot, cross_dataset]\ncross_dataset: {source: dtd}\n"
+    )
+    other = Pipeline.from_files([str(REPO / "params.yaml"), str(tmp_path / "other.yaml")])
+    assert not any("imagenet_" in j.name or "imagenetv2" in j.name for j in other.jobs())
+    (tmp_path / "none.yaml").write_text(
+        "protocols: [fewshot, cross_dataset]\ncross_dataset: {domain_targets: []}\n"
+    )
+    none = Pipeline.from_files([str(REPO / "params.yaml"), str(tmp_path / "none.yaml")])
+    assert not any("imagenet_" in j.name or "imagenetv2" in j.name for j in none.jobs())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sweep: {datasets: [imagenet, imagenet_a]}\n",
+            r"^sweep.datasets: 'imagenet_a' is a test-only ImageNet variant",
+        ),
+        (
+            "cross_dataset: {domain_targets: [dtd]}\n",
+            r"cross_dataset.domain_targets.0: 'dtd' is not one of 'imagenetv2'",
+        ),
+    ],
+)
+def test_a_variant_is_only_a_domain_target(tmp_path, text, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(UserError, match=expected) as err:
+        Pipeline.from_files([str(REPO / "params.yaml"), str(bad)])
+    assert "\n" not in str(err.value)
 
 
 def test_protocols_must_keep_the_fewshot_sweep(tmp_path):

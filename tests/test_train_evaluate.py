@@ -300,3 +300,33 @@ def test_cross_dataset_evaluates_the_sources_tensors_with_the_targets_classes(wo
         side["evaluated"]["job"] == "train-demo_shapes-bias-s1" and side["classnames"] == target["classnames"]
     )
     assert not (ws.path / "runs/demo_aerial-from_demo_shapes").exists()
+
+
+def test_domain_generalisation_evaluates_the_sources_tensors_on_a_test_only_variant(workspace, tmp_path):
+    from tests.test_data_domain_shifts import _write_subset
+
+    ws = workspace.copy(tmp_path / "dg")
+    _write_subset("imagenet-r", ws.path / "DATA" / "imagenet-rendition")  # 3 of 6 classes, 3 images each
+    ws.cli("fetch", "imagenet_r", "--from", str(ws.path / "DATA"))
+    ws.cli("cache", "imagenet_r")
+    # the source's few-shot run (the pipeline's DG source is imagenet; the command takes any source)
+    ws.cli(*TRAIN_BIAS)
+    refused = ws.run("train", "--dataset", "imagenet_r", "--method", "bias", "--seed", "1")
+    assert (
+        refused.returncode == 2 and "imagenet_r: test-only (ImageNet-R has no train images)" in refused.stderr
+    )
+    target = strict_json(ws.path / "data/raw/imagenet_r.json")
+    view = "imagenet_r-from_demo_shapes"
+    for method in ("bias", "zeroshot"):
+        ws.cli("evaluate", "--dataset", view, "--method", method, "--seed", "1")
+        m = strict_json(ws.path / f"metrics/{view}/{method}/seed1.json")
+        assert (m["n_classes"], m["n_test"], m["n_val"]) == (3, len(target["test"]), 0) == (3, 9, 0)
+        assert m["val_accuracy"] is None and 0 <= m["accuracy"] <= 100  # no val: null, not NaN
+        side = strict_json(ws.path / f"metrics/{view}/{method}/seed1.per_class.json")
+        assert side["classnames"] == target["classnames"] == ["goldfish", "great white shark", "electric ray"]
+        assert side["job"] == f"evaluate-{view}-{method}-s1"
+    side = strict_json(ws.path / f"metrics/{view}/bias/seed1.per_class.json")
+    assert side["evaluated"]["job"] == "train-demo_shapes-bias-s1"  # the source's run, with its split digests
+    assert set(side["evaluated"]["inputs"]) >= {"raw_split", "fewshot_split"}
+    assert not (ws.path / "runs/imagenet_r").exists() and not (ws.path / f"runs/{view}").exists()
+    assert not (ws.path / "data/splits/imagenet_r").exists()

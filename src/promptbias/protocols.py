@@ -7,6 +7,7 @@
     protocols.data_of("dtd-novel")           # "dtd": whose files (data/raw, splits, cache) it reads
     protocols.train_source("dtd-novel")      # "dtd-base": the run folder whose learned tensors it evaluates
     protocols.transfer_id("dtd", "imagenet") # "dtd-from_imagenet": ImageNet's tensors on DTD (cross-dataset)
+    protocols.domain_targets(cfg)            # ["imagenetv2", …]: the ImageNet variants evaluated (DG)
     protocols.apply_view(split, "base")      # CoCoOp's subsample_classes on train, val and test + classnames
 
 **base2novel** (CoCoOp's base-to-new protocol). A dataset's classes are split in half by label order
@@ -25,6 +26,13 @@ contain ``-`` (the registry's are ``[a-z0-9_]``), so a view id parses back unamb
 classes, ``runs/<source>/…``: the sweep's own run, nothing is retrained) are evaluated on every other sweep
 dataset with that dataset's class names: the view ``<target>-from_<source>`` (all the target's classes)
 reads the target's files and the source's run. The source is params ``cross_dataset.source``.
+
+Domain generalisation rides on the same protocol: with the source ``imagenet``, each ImageNet variant of
+params ``cross_dataset.domain_targets`` (ImageNet-V2, -Sketch, -A, -R: test-only datasets that share
+ImageNet's classes, ``registry.DatasetSpec.shift_of``) is a view ``<variant>-from_imagenet`` as well —
+evaluated with ImageNet's few-shot tensors and with zero-shot CLIP (the variants have no sweep run of
+their own to take it from), never trained, split or probed. -A and -R keep their 200 classes. A variant
+whose ``shift_of`` is not the source is not planned (its classes are not the source's).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from promptbias.data.registry import REGISTRY
 from promptbias.errors import UserError
 
 FEWSHOT = "fewshot"
@@ -47,6 +56,19 @@ FROM = "from_"  # the view of a cross-dataset transfer: from_<source>
 
 def enabled(cfg: dict[str, Any], protocol: str) -> bool:
     return protocol in cfg.get("protocols", (FEWSHOT,))
+
+
+def domain_targets(cfg: dict[str, Any]) -> list[str]:
+    """The test-only variants of the cross-dataset source evaluated with its tensors (domain
+    generalisation): params ``cross_dataset.domain_targets`` whose ``shift_of`` is the source, when the
+    cross_dataset protocol is on; else none."""
+    if not enabled(cfg, CROSS_DATASET):
+        return []
+    section = cfg.get("cross_dataset") or {}
+    source = section.get("source")
+    return [
+        d for d in section.get("domain_targets") or [] if d in REGISTRY and REGISTRY[d].shift_of == source
+    ]
 
 
 def view_id(dataset: str, view: str) -> str:

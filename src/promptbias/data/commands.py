@@ -62,6 +62,7 @@ def split(ctx: RunContext, dataset: str, shots: int | None, seed: int) -> None:
 
     cfg = ctx.config
     registry.get(dataset)
+    splits.refuse_test_only(dataset, "few-shot split")
     if shots is not None:
         cfg["data"]["shots"] = shots
     shots = int(cfg["data"]["shots"])

@@ -10,7 +10,9 @@ puts the previous json back when every image it names is still there, so a worki
 Archives are downloaded to ``<root>/downloads/<ds>/`` and deleted after extraction unless
 ``keep_archives``. A file that cannot be downloaded produces one line saying which file to place where.
 Files that CoOp reads only to build a missing split (``RemoteFile.split_source``) are not demanded once
-the split json is in place: a trimmed copy (split json + images) links without any download.
+the split json is in place: a trimmed copy (split json + images) links without any download. A file that
+is the same as another fetched dataset's (``RemoteFile.same_as``: an ImageNet variant's classnames.txt) is
+copied from there before any download.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from promptbias.data.download import ChecksumLock, DownloadFailed, download_file
 from promptbias.data.layouts import load_layout, missing_images
 from promptbias.data.registry import DatasetSpec, RemoteFile
 from promptbias.errors import UserError
-from promptbias.io import read_json, write_json
+from promptbias.io import atomic_path, read_json, write_json
 
 LOCK_FILE = "checksums.lock.json"
 
@@ -183,7 +185,8 @@ def _manual_error(spec: DatasetSpec, rf: RemoteFile, target: Path, why: str) -> 
         place = f"and place it at {target / rf.target}"
     return UserError(
         f"{spec.name}: {rf.name} is not available ({why}) — {how}, {place}; then rerun "
-        f"`promptbias fetch {spec.name}` (or use --from PATH to link an existing CoOp copy)"
+        f"`promptbias fetch {spec.name}` (or link an existing copy: `promptbias fetch {spec.name} --from DATA`, "
+        f"DATA holding {spec.folder}/ in CoOp's layout)"
     )
 
 
@@ -209,6 +212,8 @@ def _ensure(
 ) -> None:
     if rf.kind == "file":
         path = target / rf.target
+        if not path.exists() and rf.same_as:
+            _copy_same(root, rf.same_as, path)
         if path.exists():
             _verify(spec, rf, path, lock)
             return
@@ -244,7 +249,7 @@ def _ensure(
     if rf.nested:
         extract_nested(archive, rf.nested, target, archive.with_name(f".work-{rf.name}"), max_bytes=max_bytes)
     else:
-        safe_extract(archive, target, strip=rf.strip, max_bytes=max_bytes)
+        safe_extract(archive, target / rf.into, strip=rf.strip, max_bytes=max_bytes)
     absent = [p for p in rf.present_paths if not (target / p).exists()]
     if absent:
         raise UserError(
@@ -252,6 +257,15 @@ def _ensure(
         )
     if downloaded and not keep_archives:
         archive.unlink()
+
+
+def _copy_same(root: Path, same_as: str, path: Path) -> None:
+    """Copy the same file of another fetched dataset (``"imagenet/classnames.txt"``) when it is there."""
+    dataset, _, name = same_as.partition("/")
+    other = paths.raw_dir(root, dataset) / name
+    if other.is_file():
+        with atomic_path(path) as tmp:
+            shutil.copyfile(other, tmp)
 
 
 def _short(exc: DownloadFailed) -> str:

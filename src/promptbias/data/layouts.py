@@ -18,10 +18,20 @@ result does not depend on where the folder lives. Parsers, by ``DatasetSpec.layo
   order, which depends on the filesystem), so the output is the same on every machine, and the
   few-shot subsets differ from CoOp's in general. A flat ``images/val/`` (how the ILSVRC2012 val tar
   unpacks, no class folders) is refused with how to sort it.
+* ``imagenet_wnid`` — a test-only ImageNet variant with ``<image_dir>/<wnid>/*`` (ImageNet-Sketch's
+  ``images/``, ImageNet-A's ``imagenet-a/``, ImageNet-R's ``imagenet-r/``): labels = the wnid folders
+  present, sorted, as Dassl numbers them — so -A and -R (200 of the 1000 classes) get labels 0..199 in
+  wnid order and the class names of those 200 from ``classnames.txt``; loose files (their README.txt)
+  are ignored.
+* ``imagenetv2`` — ImageNet-V2's ``<image_dir>/<0..999>/*``: folder ``i`` is the i-th class of
+  ``classnames.txt`` (file order, as Dassl reads it); every class folder must be there.
+
+A test-only split (``DatasetSpec.test_only``) has empty train and val lists and says ``"test_only": true``.
 
 ``classnames`` lists the prompt-ready name per label (underscores → spaces); items keep the raw class
-name of the split file, as Dassl does. An empty train or test split is refused (one line naming the
-file or folder it came from), so a dataset that would train or evaluate on nothing never fetches.
+name of the split file, as Dassl does. An empty train (except for a test-only dataset) or test split is
+refused (one line naming the file or folder it came from), so a dataset that would train or evaluate on
+nothing never fetches.
 """
 
 from __future__ import annotations
@@ -41,12 +51,12 @@ _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 def load_layout(spec: DatasetSpec, folder: Path) -> dict[str, Any]:
     """The normalised split of ``spec`` read from ``folder``; a missing file is a UserError."""
     folder = Path(folder)
-    parser = {"split_json": _split_json, "fgvc": _fgvc, "imagenet": _imagenet}.get(spec.layout)
+    parser = _PARSERS.get(spec.layout)
     if parser is None:
         raise ValueError(f"{spec.name}: unknown layout {spec.layout!r}")
     splits = parser(spec, folder)
     classnames = _classnames(spec, splits)
-    for name in ("train", "test"):
+    for name in ("test",) if spec.test_only else ("train", "test"):
         if not splits[name]:
             raise UserError(
                 f"{_source_of(spec, folder, name)}: the {name} split of {spec.name} is empty — "
@@ -62,6 +72,8 @@ def load_layout(spec: DatasetSpec, folder: Path) -> dict[str, Any]:
     }
     if spec.layout == "imagenet":
         out["val_from_train"] = True
+    if spec.test_only:
+        out["test_only"] = True
     return out
 
 
@@ -71,6 +83,8 @@ def _source_of(spec: DatasetSpec, folder: Path, split: str) -> Path:
         return folder / f"images_variant_{split}.txt"
     if spec.layout == "imagenet":
         return folder / spec.image_dir / ("val" if split == "test" else split)
+    if spec.layout in _TEST_FOLDER_LAYOUTS:
+        return folder / spec.image_dir
     assert spec.split_file is not None
     return folder / spec.split_file
 
@@ -82,6 +96,9 @@ def _empty_fix(spec: DatasetSpec, split: str) -> str:
         )
     if spec.layout == "fgvc":
         return "restore the file from fgvc-aircraft-2013b.tar.gz"
+    if spec.layout in _TEST_FOLDER_LAYOUTS:
+        classes = "<0..999>" if spec.layout == "imagenetv2" else "<wnid>"
+        return f"put its images in {spec.image_dir}/{classes}/ class folders (CoOp's DATASETS.md layout)"
     return f"replace the file with CoOp's {spec.split_file}"
 
 
@@ -137,39 +154,110 @@ def _fgvc(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
     return out
 
 
-def _imagenet(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
+def _imagenet_classnames(spec: DatasetSpec, folder: Path) -> dict[str, str]:
+    """``classnames.txt``: wnid → CLIP's class name, in file order."""
     names: dict[str, str] = {}
     for line in _required(spec, folder / "classnames.txt").read_text().splitlines():
         if line.strip():
             wnid, _, name = line.strip().partition(" ")
             names[wnid] = name
-    out: dict[str, list[Item]] = {}
-    for split in ("train", "val"):
-        split_dir = _required(spec, folder / spec.image_dir / split)
-        wnids = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
-        loose = sum(1 for e in os.scandir(split_dir) if e.is_file() and e.name.lower().endswith(_IMAGE_EXT))
-        if loose:
-            how = " (how ILSVRC2012_img_val.tar unpacks)" if split == "val" else ""
+    return names
+
+
+def _class_folders(spec: DatasetSpec, split_dir: Path, classes: str = "<wnid>", how: str = "") -> list[str]:
+    """The class folders of ``split_dir``, sorted; images lying loose in it are refused."""
+    _required(spec, split_dir)
+    loose = sum(1 for e in os.scandir(split_dir) if e.is_file() and e.name.lower().endswith(_IMAGE_EXT))
+    if loose:
+        sort = (
+            " (e.g. run valprep.sh from github.com/soumith/imagenetloader.torch inside it)"
+            if spec.layout == "imagenet"
+            else " (CoOp's DATASETS.md layout)"
+        )
+        raise UserError(
+            f"{split_dir}: {loose} image(s) lie directly in it, not in {classes}/ class folders{how} — move "
+            f"each into {split_dir}/{classes}/ by its label{sort}, then rerun `promptbias fetch {spec.name}`"
+        )
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images(spec: DatasetSpec, rel_dir: str, folder: Path) -> list[str]:
+    """``rel_dir/<file>`` for the image files of one class folder, sorted by name (hidden ones skipped).
+    A test-only dataset's class folder must hold images (its labels are the folders)."""
+    files = sorted(
+        e.name
+        for e in os.scandir(folder / rel_dir)
+        if not e.name.startswith(".") and e.name.lower().endswith(_IMAGE_EXT)
+    )
+    if not files and spec.test_only:
+        raise UserError(
+            f"{folder / rel_dir}: class folder without images — complete it from the {spec.display_name} "
+            f"download (or remove the folder), then rerun `promptbias fetch {spec.name}`"
+        )
+    return [f"{rel_dir}/{f}" for f in files]
+
+
+def _wnid_items(
+    spec: DatasetSpec, folder: Path, rel: str, names: dict[str, str], how: str = ""
+) -> list[Item]:
+    """Items of ``rel/<wnid>/*``: labels = the sorted wnid folders present, names from classnames.txt."""
+    items: list[Item] = []
+    for label, wnid in enumerate(_class_folders(spec, folder / rel, how=how)):
+        if wnid not in names:
             raise UserError(
-                f"{split_dir}: {loose} image(s) lie directly in it, not in <wnid>/ class folders{how} — move "
-                f"each into {split_dir}/<wnid>/ by its label (e.g. run valprep.sh from "
-                f"github.com/soumith/imagenetloader.torch inside it), then rerun `promptbias fetch {spec.name}`"
+                f"{folder / rel / wnid}: folder not listed in classnames.txt — remove it or fix the file"
             )
-        items: list[Item] = []
-        for label, wnid in enumerate(wnids):
-            if wnid not in names:
-                raise UserError(
-                    f"{split_dir / wnid}: folder not listed in classnames.txt — remove it or fix the file"
-                )
-            files = sorted(
-                e.name
-                for e in os.scandir(split_dir / wnid)
-                if not e.name.startswith(".") and e.name.lower().endswith(_IMAGE_EXT)
-            )
-            items += [[f"{spec.image_dir}/{split}/{wnid}/{f}", label, names[wnid]] for f in files]
-        out["test" if split == "val" else "train"] = items
-    out["val"] = []  # drawn from train at split time (make_fewshot: val_from_train)
-    return out
+        items += [[path, label, names[wnid]] for path in _images(spec, f"{rel}/{wnid}", folder)]
+    return items
+
+
+def _imagenet(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
+    names = _imagenet_classnames(spec, folder)
+    train = _wnid_items(spec, folder, f"{spec.image_dir}/train", names)
+    test = _wnid_items(spec, folder, f"{spec.image_dir}/val", names, " (how ILSVRC2012_img_val.tar unpacks)")
+    return {"train": train, "val": [], "test": test}  # val: drawn from train at split time (val_from_train)
+
+
+def _imagenet_wnid(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
+    """ImageNet-Sketch, -A, -R: the wnid folders present, in sorted order, are the classes (test only)."""
+    test = _wnid_items(spec, folder, spec.image_dir, _imagenet_classnames(spec, folder))
+    return {"train": [], "val": [], "test": test}
+
+
+def _imagenetv2(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
+    """ImageNet-V2: folder ``i`` holds the i-th class of classnames.txt (all of them, test only)."""
+    names = list(_imagenet_classnames(spec, folder).values())
+    image_dir = folder / spec.image_dir
+    present = set(_class_folders(spec, image_dir, classes="<0..999>"))
+    expected = [str(i) for i in range(len(names))]
+    extra = sorted(present - set(expected))
+    if extra:
+        raise UserError(
+            f"{image_dir / extra[0]}: not a class folder 0..{len(names) - 1} of classnames.txt — remove it "
+            "(or fix classnames.txt: ImageNet's 1000 lines)"
+        )
+    missing = [i for i in expected if i not in present]
+    if missing:
+        raise UserError(
+            f"{image_dir / missing[0]}: class folder missing ({len(missing)} of {len(names)}) — extract "
+            f"imagenetv2-matched-frequency.tar.gz again, then rerun `promptbias fetch {spec.name}`"
+        )
+    test = [
+        [path, label, names[label]]
+        for label in range(len(names))
+        for path in _images(spec, f"{spec.image_dir}/{label}", folder)
+    ]
+    return {"train": [], "val": [], "test": test}
+
+
+_PARSERS = {
+    "split_json": _split_json,
+    "fgvc": _fgvc,
+    "imagenet": _imagenet,
+    "imagenet_wnid": _imagenet_wnid,
+    "imagenetv2": _imagenetv2,
+}
+_TEST_FOLDER_LAYOUTS = ("imagenet_wnid", "imagenetv2")
 
 
 def _classnames(spec: DatasetSpec, splits: dict[str, list[Item]]) -> list[str]:

@@ -3,13 +3,21 @@
     from promptbias.data import registry
     spec = registry.get("caltech101")      # DatasetSpec; unknown names raise UserError
     spec.folder, spec.template, spec.files  # CoOp folder name, zero-shot template, files to fetch
-    registry.names()                        # the 11 paper datasets + the demo world
+    registry.names()                        # the 11 paper datasets, the 4 ImageNet variants, the demo world
+    registry.get("imagenet_a").shift_of     # "imagenet": a test-only domain shift of ImageNet's classes
+    registry.DOMAIN_SHIFTS                  # ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
 Adding a dataset means adding one ``DatasetSpec`` to ``_SPECS``. Every file lists all known sources
 that serve *the same bytes* (``urls``, tried in order; ``hash`` checked when known, else the sha256 is
 recorded in ``data/checksums.lock.json`` on first download) plus ``notes`` about mirrors that package
 it differently and ``manual`` instructions used when nothing can be downloaded. Sources follow CoOp's
 DATASETS.md and the known broken links (reference/methods-and-data.md §7).
+
+The ImageNet variants of domain generalisation (ImageNet-V2, -Sketch, -A, -R; CoOp's DATASETS.md) are
+test-only (``shift_of="imagenet"``): no train or val images, never trained on or split, only evaluated
+with ImageNet's few-shot tensors as ``<variant>-from_imagenet`` (:mod:`promptbias.protocols`, params
+``cross_dataset.domain_targets``). Their class names come from ImageNet's ``classnames.txt`` (CoOp asks
+for a copy in each variant's folder; ``fetch`` copies ``data/raw/imagenet/classnames.txt`` when present).
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ class RemoteFile:
     ``split_source`` marks a file that CoOp reads only to *build* a split when ``split_zhou_*.json`` is
     missing (Pets ``annotations/``, Cars ``devkit/`` and test labels, Flowers ``imagelabels.mat`` and
     ``cat_to_name.json``): with the split json in place it is verified when present and never fetched.
+    ``into`` extracts an archive into that sub-folder (ImageNet-Sketch's ``sketch/`` becomes ``images/``);
+    ``same_as`` names the same file of another dataset (``"imagenet/classnames.txt"``), copied from its
+    ``data/raw/`` folder when it is there instead of downloading it again.
     """
 
     name: str
@@ -52,6 +63,8 @@ class RemoteFile:
     notes: str = ""
     manual: str = ""
     split_source: bool = False
+    into: str = ""
+    same_as: str | None = None
 
     @property
     def target(self) -> str:
@@ -68,8 +81,10 @@ class DatasetSpec:
 
     ``layout`` picks the parser in :mod:`promptbias.data.layouts`: "split_json" (a CoOp
     ``split_zhou_*.json`` whose paths are relative to ``image_dir``), "fgvc" (official variant files),
-    "imagenet" (``images/{train,val}`` + ``classnames.txt``; val is the test set). ``generator`` names a
-    function that writes the dataset instead of downloading it (the demo world).
+    "imagenet" (``images/{train,val}`` + ``classnames.txt``; val is the test set), "imagenet_wnid" (test
+    images in ``<image_dir>/<wnid>/``: ImageNet-Sketch, -A, -R) or "imagenetv2" (``<image_dir>/<0..999>/``).
+    ``generator`` names a function that writes the dataset instead of downloading it (the demo world).
+    ``shift_of`` marks a test-only domain shift of that dataset's classes (the ImageNet variants).
     """
 
     name: str
@@ -84,10 +99,19 @@ class DatasetSpec:
     sizes: tuple[int, int, int] | None = None  # train / val / test of the reference split
     generator: str | None = None
     notes: str = ""
+    shift_of: str | None = None
+
+    @property
+    def test_only(self) -> bool:
+        """No train or val images: never split or trained on, only evaluated (a domain shift)."""
+        return self.shift_of is not None
 
 
 _COOP = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 _TIP = "Tip-Adapter's README also hosts the split jsons (CLIP-LoRA #16) if Google Drive is blocked"
+
+
+_IMAGENET_CLASSNAMES = "1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"  # CoOp's Google Drive id of classnames.txt
 
 
 def _split_json(file_name: str, drive_id: str) -> RemoteFile:
@@ -122,9 +146,9 @@ _SPECS: tuple[DatasetSpec, ...] = (
             ),
             RemoteFile(
                 name="classnames.txt",
-                urls=gdrive("1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF"),
+                urls=gdrive(_IMAGENET_CLASSNAMES),
                 notes="CLIP's cleaned ImageNet class names, as prepared by CoOp",
-                manual="download it from https://drive.google.com/file/d/1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF/view",
+                manual=f"download it from https://drive.google.com/file/d/{_IMAGENET_CLASSNAMES}/view",
             ),
         ),
         notes=(
@@ -436,8 +460,135 @@ _SPECS: tuple[DatasetSpec, ...] = (
     ),
 )
 
-REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+
+def _variant_classnames() -> RemoteFile:
+    """A variant's copy of ImageNet's classnames.txt (CoOp: "Copy $DATA/imagenet/classnames.txt")."""
+    return RemoteFile(
+        name="classnames.txt",
+        urls=gdrive(_IMAGENET_CLASSNAMES),
+        same_as="imagenet/classnames.txt",
+        notes="the same file as ImageNet's (CLIP's cleaned class names, as prepared by CoOp)",
+        manual=(
+            "copy ImageNet's classnames.txt (data/raw/imagenet/classnames.txt, or "
+            f"https://drive.google.com/file/d/{_IMAGENET_CLASSNAMES}/view)"
+        ),
+    )
+
+
+def _variant(
+    name: str,
+    display_name: str,
+    folder: str,
+    layout: str,
+    image_dir: str,
+    n: tuple[int, int],
+    images: RemoteFile,
+) -> DatasetSpec:
+    """A test-only ImageNet variant (CoOp's DATASETS.md layout, template "a photo of a {}.")."""
+    return DatasetSpec(
+        name=name,
+        display_name=display_name,
+        folder=folder,
+        template="a photo of a {}.",
+        layout=layout,
+        image_dir=image_dir,
+        num_classes=n[0],
+        sizes=(0, 0, n[1]),
+        files=(images, _variant_classnames()),
+        shift_of="imagenet",
+        notes="test-only: evaluated with ImageNet's tensors (cross_dataset.domain_targets), never trained",
+    )
+
+
+_VARIANTS: tuple[DatasetSpec, ...] = (
+    _variant(
+        "imagenetv2",
+        "ImageNet-V2",
+        "imagenetv2",
+        "imagenetv2",
+        "imagenetv2-matched-frequency-format-val",
+        (1000, 10000),
+        RemoteFile(
+            name="imagenetv2-matched-frequency.tar.gz",
+            urls=(
+                "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/imagenetv2-matched-frequency.tar.gz",
+                "https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
+            ),
+            kind="archive",
+            provides=("imagenetv2-matched-frequency-format-val",),
+            notes="the matched-frequency set of https://github.com/modestyachts/ImageNetV2 (class folders 0..999)",
+            manual=(
+                "download imagenetv2-matched-frequency.tar.gz (https://github.com/modestyachts/ImageNetV2, or "
+                "huggingface.co/datasets/vaishaal/ImageNetV2) and extract it"
+            ),
+        ),
+    ),
+    _variant(
+        "imagenet_sketch",
+        "ImageNet-Sketch",
+        "imagenet-sketch",
+        "imagenet_wnid",
+        "images",
+        (1000, 50889),
+        RemoteFile(
+            name="ImageNet-Sketch.zip",
+            urls=(
+                "https://huggingface.co/datasets/songweig/imagenet_sketch/resolve/main/data/ImageNet-Sketch.zip",
+                *gdrive("1Mj0i5HBthqH1p_yeXzsg22gZduvgoNeA"),
+            ),
+            kind="archive",
+            strip="sketch/",
+            into="images",
+            provides=("images",),
+            notes="https://github.com/HaohanWang/ImageNet-Sketch (also on Kaggle wanghaohan/imagenetsketch); "
+            "the zip holds sketch/<wnid>/, which CoOp renames to images/",
+            manual=(
+                "download ImageNet-Sketch.zip (https://github.com/HaohanWang/ImageNet-Sketch) and extract its "
+                "sketch/ folder as images/"
+            ),
+        ),
+    ),
+    _variant(
+        "imagenet_a",
+        "ImageNet-A",
+        "imagenet-adversarial",
+        "imagenet_wnid",
+        "imagenet-a",
+        (200, 7500),
+        RemoteFile(
+            name="imagenet-a.tar",
+            urls=("https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",),
+            hash="md5:c3e55429088dc681f30d81f4726b6595",
+            kind="archive",
+            provides=("imagenet-a",),
+            notes="https://github.com/hendrycks/natural-adv-examples: 200 of ImageNet's classes",
+            manual=(
+                "download imagenet-a.tar (https://github.com/hendrycks/natural-adv-examples) and extract it"
+            ),
+        ),
+    ),
+    _variant(
+        "imagenet_r",
+        "ImageNet-R",
+        "imagenet-rendition",
+        "imagenet_wnid",
+        "imagenet-r",
+        (200, 30000),
+        RemoteFile(
+            name="imagenet-r.tar",
+            urls=("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",),
+            hash="md5:a61312130a589d0ca1a8fca1f2bd3337",
+            kind="archive",
+            provides=("imagenet-r",),
+            notes="https://github.com/hendrycks/imagenet-r: 200 of ImageNet's classes",
+            manual="download imagenet-r.tar (https://github.com/hendrycks/imagenet-r) and extract it",
+        ),
+    ),
+)
+
+REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (*_SPECS, *_VARIANTS)}
 PAPER_DATASETS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.generator is None)
+DOMAIN_SHIFTS: tuple[str, ...] = tuple(s.name for s in _VARIANTS)
 
 
 def names() -> list[str]:
@@ -450,6 +601,12 @@ def get(name: str) -> DatasetSpec:
         return REGISTRY[name]
     except KeyError:
         raise UserError(f"unknown dataset {name!r} — use one of: {', '.join(REGISTRY)}") from None
+
+
+def is_test_only(name: str) -> bool:
+    """A registered test-only dataset (an ImageNet variant); False for any other name."""
+    spec = REGISTRY.get(name)
+    return spec is not None and spec.test_only
 
 
 def clean_classname(name: str) -> str:

@@ -18,6 +18,10 @@ disjoint from both train and test, and a function of the seed. The train subset 
 
 A class view of base-to-novel (``dtd-base``, :mod:`promptbias.protocols`) reads the split files of its
 dataset and keeps the view's classes, as CoCoOp subsamples its few-shot subsets: no split file of its own.
+
+A test-only dataset (an ImageNet variant, ``registry.is_test_only``) has no few-shot split: nothing is
+sampled or written, :func:`refuse_test_only` explains that to ``split``/``train``, and its evaluation
+view (``imagenet_a-from_imagenet``) gets the empty subset from :func:`load_fewshot`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from promptbias import paths, protocols
-from promptbias.data.registry import REGISTRY
+from promptbias.data.registry import REGISTRY, is_test_only
 from promptbias.errors import UserError
 from promptbias.io import read_json
 
@@ -89,6 +93,17 @@ def _read(path: Path, remake: str) -> dict[str, Any]:
     return data
 
 
+def refuse_test_only(dataset: str, what: str) -> None:
+    """UserError when ``dataset`` is test-only: ``what`` (a split, a training run) needs train images."""
+    if is_test_only(dataset):
+        source = REGISTRY[dataset].shift_of
+        raise UserError(
+            f"{dataset}: test-only ({REGISTRY[dataset].display_name} has no train images), so it has no {what} — "
+            f"it is evaluated with {source}'s tensors as `{protocols.transfer_id(dataset, str(source))}` "
+            "(params protocols: [..., cross_dataset] + cross_dataset.domain_targets)"
+        )
+
+
 def split_digests(root: Path | str, dataset: str, shots: int, seed: int) -> dict[str, str]:
     """The sha256 of the normalised split and of the few-shot split a training job reads (a class view:
     its dataset's files)."""
@@ -108,11 +123,15 @@ def load_fewshot(
     that the normalised split gives for (shots, seed): a hand-edited or stale file never trains.
 
     ``dataset`` may be a class view (``dtd-base``): its dataset's subset kept to the view's classes;
-    ``split`` is then the dataset's full normalised split, not the view's."""
+    ``split`` is then the dataset's full normalised split, not the view's. A test-only dataset's transfer
+    view (``imagenet_a-from_imagenet``) gets the empty subset (no file); the dataset itself is refused."""
     base, view = protocols.parse(dataset)
+    if is_test_only(base) and protocols.transfer_source(view):  # nothing to sample: no train, no val
+        return make_fewshot(split if split is not None else load_split(root, base), shots, seed)
     if view is not None:
         full = split if split is not None else load_split(root, base)
         return protocols.fewshot_view(load_fewshot(root, base, shots, seed, split=full), full, view)
+    refuse_test_only(dataset, "few-shot split")
     path = paths.split_json(root, dataset, shots, seed)
     remake = f"promptbias split {dataset} --shots {shots} --seed {seed}"
     if not path.is_file():

@@ -23,7 +23,15 @@ import yaml
 
 from promptbias.config import deep_merge, read_yaml, validate_params
 from promptbias.pipeline.plan import DEFAULT_PARAMS, Pipeline
-from promptbias.pipeline.spec import Config, Stage, all_datasets, evaluate_matrix, methods_for, train_matrix
+from promptbias.pipeline.spec import (
+    Config,
+    Stage,
+    all_datasets,
+    evaluate_matrix,
+    fetched_datasets,
+    methods_for,
+    train_matrix,
+)
 
 
 def pipeline_from_snakemake(workflow: Any, config: Config) -> Pipeline:
@@ -79,7 +87,7 @@ def wildcard_constraints(pipe: Pipeline) -> dict[str, str]:
     methods = {m for d in all_datasets(pipe.cfg) for m in methods_for(pipe.cfg, d)}
     methods |= {w["method"] for w in train_matrix(pipe.cfg)}  # also runs trained for the probes only
     datasets = list(
-        dict.fromkeys([*all_datasets(pipe.cfg), *(w["dataset"] for w in evaluate_matrix(pipe.cfg))])
+        dict.fromkeys([*fetched_datasets(pipe.cfg), *(w["dataset"] for w in evaluate_matrix(pipe.cfg))])
     )
     return {
         "dataset": "|".join(re.escape(d) for d in datasets),

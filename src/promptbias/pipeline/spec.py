@@ -12,8 +12,10 @@ command reads, and whether it needs a GPU. :mod:`promptbias.pipeline.plan` expan
 Protocols (params ``protocols``, :mod:`promptbias.protocols`) add rows to the same matrices: with
 ``base2novel`` every dataset gains the class views ``<ds>-base`` (trained, evaluated, probed) and
 ``<ds>-novel`` (evaluated and probed with the base view's tensors); with ``cross_dataset`` every other
-sweep dataset gains ``<ds>-from_<source>`` (evaluated with the source's few-shot tensors). The same
-commands run them; the few-shot jobs and their params stay exactly as without the protocols.
+sweep dataset gains ``<ds>-from_<source>`` (evaluated with the source's few-shot tensors), and each
+ImageNet variant of ``cross_dataset.domain_targets`` (source ``imagenet``) is fetched, cached and
+evaluated as ``<variant>-from_imagenet`` (zero-shot and the source's tensors; no split, no training). The
+same commands run them; the few-shot jobs and their params stay exactly as without the protocols.
 
 Params keys are exactly what the command reads (a test holds every command to them): editing any
 other key reruns nothing. Performance-only keys (``data.num_workers``) are not params of any stage.
@@ -30,6 +32,7 @@ from typing import Any
 
 from promptbias import catalog, paths, protocols
 from promptbias.config import grid_method_ids, method_kind, method_trains
+from promptbias.data.registry import is_test_only
 from promptbias.errors import UserError
 
 Config = dict[str, Any]
@@ -108,6 +111,13 @@ def all_datasets(cfg: Config) -> list[str]:
     return out
 
 
+def fetched_datasets(cfg: Config) -> list[str]:
+    """Every dataset whose files are fetched and cached: :func:`all_datasets`, then the test-only domain
+    targets of the cross-dataset protocol (not split: they are never trained on)."""
+    out = all_datasets(cfg)
+    return out + [d for d in protocols.domain_targets(cfg) if d not in out]
+
+
 def methods_for(cfg: Config, ds: str) -> list[str]:
     """The method ids evaluated on ``ds``: sweep.methods, plus the grid on sensitivity datasets."""
     out = list(cfg["sweep"]["methods"]) if ds in cfg["sweep"]["datasets"] else []
@@ -136,6 +146,13 @@ def transfer_views(cfg: Config) -> list[tuple[str, str]]:
     return [(protocols.transfer_id(d, source), source) for d in cfg["sweep"]["datasets"] if d != source]
 
 
+def domain_views(cfg: Config) -> list[tuple[str, str]]:
+    """(view id, source) of the domain-generalisation views: each test-only variant of the source
+    (``cross_dataset.domain_targets``) evaluated with the source's few-shot tensors."""
+    source = cfg.get("cross_dataset", {}).get("source")
+    return [(protocols.transfer_id(d, source), source) for d in protocols.domain_targets(cfg)]
+
+
 def protocol_keys(cfg: Config) -> list[str]:
     """``protocols`` (and ``cross_dataset`` with that protocol) when more than the few-shot sweep is
     selected (the default config's jobs stay as they were): aggregate and render read them for the views."""
@@ -146,7 +163,8 @@ def protocol_keys(cfg: Config) -> list[str]:
 
 def evaluate_matrix(cfg: Config) -> list[Wildcards]:
     """The few-shot sweep, then each base-to-novel class view with its dataset's methods, then each
-    cross-dataset view with the source's trained methods (zero-shot on a target is its sweep run), × seeds."""
+    cross-dataset view with the source's trained methods (zero-shot on a target is its sweep run), then
+    each domain-generalisation view with all the source's methods (a variant has no sweep run), × seeds."""
     plain = all_datasets(cfg)
     rows = [(d, d) for d in plain] + class_views(cfg, plain)
     out = [
@@ -155,11 +173,17 @@ def evaluate_matrix(cfg: Config) -> list[Wildcards]:
         for m in methods_for(cfg, of)
         for s in seeds(cfg)
     ]
-    return out + [
+    out += [
         {"dataset": d, "method": m, "seed": s}
         for d, source in transfer_views(cfg)
         for m in methods_for(cfg, source)
         if method_trains(m)
+        for s in seeds(cfg)
+    ]
+    return out + [
+        {"dataset": d, "method": m, "seed": s}
+        for d, source in domain_views(cfg)
+        for m in methods_for(cfg, source)
         for s in seeds(cfg)
     ]
 
@@ -268,7 +292,9 @@ def probe_keys(cfg: Config, method: str) -> list[str]:
 def _evaluate_deps(cfg: Config, w: Wildcards) -> list[str]:
     root, ds, method, seed = data_root(cfg), w["dataset"], w["method"], w["seed"]
     shots, data = cfg["data"]["shots"], protocols.data_of(ds)  # a class view reads its dataset's files
-    deps = [_p(paths.raw_json(root, data)), _p(paths.split_json(root, data, shots, seed))]  # val accuracy
+    deps = [_p(paths.raw_json(root, data))]
+    if not is_test_only(data):  # a test-only variant has no val: no few-shot split
+        deps.append(_p(paths.split_json(root, data, shots, seed)))  # val accuracy
     if cfg["data"]["cache_images"]:
         deps.append(_p(paths.cache_dir(root, data)))
     if method_trains(method):  # zero-shot depends on no train stage
@@ -337,7 +363,7 @@ STAGES: tuple[Stage, ...] = (
         wildcards=("dataset",),
         command=lambda cfg, w: f"fetch {w['dataset']}",
         outs=lambda cfg: [Out(_p(paths.raw_json(data_root(cfg), "{dataset}")), cache=False)],
-        matrix=lambda cfg: [{"dataset": d} for d in all_datasets(cfg)],
+        matrix=lambda cfg: [{"dataset": d} for d in fetched_datasets(cfg)],
         deps=lambda cfg, w: [],
         params=lambda cfg, w: fetch_keys(w["dataset"]),
         log=_p(paths.log_file("fetch", "{dataset}")),
@@ -359,7 +385,9 @@ STAGES: tuple[Stage, ...] = (
         wildcards=("dataset",),
         command=lambda cfg, w: f"cache {w['dataset']}",
         outs=lambda cfg: [Out(_p(paths.cache_dir(data_root(cfg), "{dataset}")), cache=False, directory=True)],
-        matrix=lambda cfg: [{"dataset": d} for d in all_datasets(cfg)] if cfg["data"]["cache_images"] else [],
+        matrix=lambda cfg: (
+            [{"dataset": d} for d in fetched_datasets(cfg)] if cfg["data"]["cache_images"] else []
+        ),
         deps=lambda cfg, w: [_p(paths.raw_json(data_root(cfg), w["dataset"]))],
         params=lambda cfg, w: ["data.root", "model.name"],
         log=_p(paths.log_file("cache", "{dataset}")),
@@ -489,6 +517,16 @@ STAGE_BY_RULE = {s.rule_name: s for s in STAGES}
 
 def check_consistency(cfg: Config) -> None:
     """Cross-key rules the schema cannot express (raised before any job is planned)."""
+    for key, datasets in (
+        ("sweep.datasets", cfg["sweep"]["datasets"]),
+        ("sensitivity.datasets", cfg["sensitivity"]["datasets"]),
+    ):
+        for d in datasets:
+            if is_test_only(d):
+                raise UserError(
+                    f"{key}: {d!r} is a test-only ImageNet variant (no train images) — remove it there and list "
+                    "it in cross_dataset.domain_targets (evaluated with ImageNet's tensors, protocols: cross_dataset)"
+                )
     source = cfg.get("cross_dataset", {}).get("source")
     if protocols.enabled(cfg, protocols.CROSS_DATASET) and source not in cfg["sweep"]["datasets"]:
         raise UserError(

@@ -2,8 +2,10 @@
 
     PAPER_TABLE1["eurosat"]["BIAS"]   # 86.5
     display_name("oxford_flowers")    # "OxfordFlowers"
+    display_name("imagenet_sketch")   # "ImageNet-Sketch"
 
-Demo datasets have no published values (no entry in ``PAPER_TABLE1``).
+Demo datasets have no published values (no entry in ``PAPER_TABLE1``). Other papers' values for the
+generalisation protocols (CoCoOp, MaPLe) are in :mod:`promptbias.render.published`.
 """
 
 from __future__ import annotations
@@ -42,16 +44,20 @@ PAPER_TABLE1: dict[str, dict[str, float]] = {
 PAPER_AVERAGE: dict[str, float] = {"CLIP": 65.3, "PROMPT": 77.8, "BIAS": 79.5, "OPTIMAL": 80.0}
 
 
+# The ImageNet variants of the domain-generalisation targets, by their id without underscores (CoOp's
+# `imagenetv2` and an `imagenet_v2` both read ImageNet-V2).
+VARIANT_ROWS: dict[str, str] = {
+    "imagenetv2": "ImageNet-V2",
+    "imagenetsketch": "ImageNet-Sketch",
+    "imageneta": "ImageNet-A",
+    "imagenetr": "ImageNet-R",
+}
+
+
 def display_name(dataset: str) -> str:
-    """The paper's spelling for real datasets; demo_shapes -> 'Demo shapes'."""
+    """The paper's spelling for real datasets (and the ImageNet variants); demo_shapes -> 'Demo shapes'."""
     if dataset in PAPER_ROWS:
         return PAPER_ROWS[dataset]
+    if dataset.replace("_", "") in VARIANT_ROWS:
+        return VARIANT_ROWS[dataset.replace("_", "")]
     return dataset.replace("_", " ").capitalize()
-
-
-# Published base-to-novel results (CoCoOp's protocol), ViT-B/16, 16 shots on the base classes: (base, novel,
-# HM) per (dataset or "AVERAGE", our method id), each with the paper and table it is copied from. Only
-# values checked against the source are entered; a cell without one shows none (never a guess).
-PUBLISHED_BASE2NOVEL: dict[tuple[str, str], tuple[float, float, float, str]] = {
-    ("AVERAGE", "zeroshot"): (69.34, 74.22, 71.70, "CoCoOp (Zhou et al., CVPR 2022), Table 1(a), CLIP"),
-}
