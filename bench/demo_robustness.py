@@ -6,9 +6,10 @@
 For each (seed, threads) it copies the workflow into ``--out/s<seed>-t<threads>/`` and runs
 ``snakemake metrics`` on config/demo.yaml with ``demo.world_seed = demo.pretrain_seed = seed`` and
 ``cpu_threads = demo.pretrain_threads = threads`` (a float-order change: other bits, the same science if
-the demo is robust). Then it prints, per run, Table 1 (mean ± std over the sweep's training seeds) and the
-margin of each tuned method over zero-shot in units of its seed spread, and over all runs the mean ±
-spread of every cell: the table for bench/RESULTS.md. A run that exists already is reused.
+the demo is robust) and the sensitivity grid off (it feeds only the OPTIMAL column). Then it prints, per run,
+Table 1 (mean ± std over the sweep's training seeds) and the margin of each tuned method over zero-shot in
+units of its seed spread, with issue 15's verdict (✓ = the margin is more than twice the spread), and over
+all runs the mean ± spread of every cell: the tables for bench/RESULTS.md. A run that exists is reused.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _run(out: Path, seed: int, threads: int) -> dict:
                 (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
         (proj / "robust.yaml").write_text(
             f"cpu_threads: {threads}\ndemo:\n  world_seed: {seed}\n  pretrain_seed: {seed}\n"
-            f"  pretrain_threads: {threads}\n"
+            f"  pretrain_threads: {threads}\nsensitivity:\n  enabled: false\n"
         )
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         subprocess.run(
@@ -62,6 +63,7 @@ def main() -> None:
     )
     print("|---:|---:|---|---:|---:|---:|---:|---:|")
     cells: dict[tuple[str, str], list[float]] = {}
+    passed = checked = 0
     for (s, t), r in runs.items():
         for d in datasets:
             e = {m: r[f"{d}/{m}"] for m in METHODS}
@@ -73,8 +75,13 @@ def main() -> None:
                 if m != "zeroshot":
                     row.append(f"{e[m]['accuracy_mean']:.2f} ± {e[m]['accuracy_std']:.2f}")
                     gap, spread = e[m]["accuracy_mean"] - zs, e[m]["accuracy_std"]
-                    margins.append(f"{gap:+.2f} ({gap / spread:.1f}×)" if spread else f"{gap:+.2f}")
+                    holds = gap > 2 * spread
+                    passed += holds
+                    checked += 1
+                    ratio = f"{gap / spread:.1f}×" if spread else "∞"
+                    margins.append(f"{gap:+.2f} ({ratio}) {'✓' if holds else '✗'}")
             print(f"| {s} | {t} | {d} | {' | '.join(row)} | {' | '.join(margins)} |")
+    print(f"\nmargin > 2 × seed spread in {passed} of {checked} (run, dataset, tuned method) cells")
     print("\n| dataset | method | mean over runs | spread (min–max) |\n|---|---|---:|---:|")
     for (d, m), values in sorted(cells.items()):
         print(f"| {d} | {m} | {statistics.mean(values):.2f} | {min(values):.2f}–{max(values):.2f} |")
