@@ -31,7 +31,10 @@ validate(config, "workflow/schemas/params.schema.yaml", set_default=False)
 
 
 # Targets: `all` (default) = every output of every job; `report_html` = results/report.html and what it
-# needs (make demo); `metrics` = the Table 1 sweep and its aggregate, no probes or figures.
+# needs (make demo); `metrics` = the Table 1 sweep and its aggregate, no probes or figures. A named target
+# asks for *every* output of its job (render, aggregate), not one file: after a protocol is switched on, its
+# new tables are then missing outputs, so the job reruns (Snakemake's params trigger stays silent for a job
+# that has outputs without metadata, and an unrequested missing output is no reason to run).
 rule all:
     input:
         [path for job in PIPE.jobs() for path in job.out_paths],
@@ -39,12 +42,12 @@ rule all:
 
 rule report_html:
     input:
-        "results/report.html",
+        PIPE.job("render", {}).out_paths,
 
 
 rule metrics:
     input:
-        "metrics/summary.json",
+        PIPE.job("aggregate", {}).out_paths,
 
 
 # A warm process for local jobs: they skip importing torch (promptbias.warm; PROMPTBIAS_WARM=off: cold).

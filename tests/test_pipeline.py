@@ -324,6 +324,33 @@ def test_snakemake_dry_run_plans_the_protocols_only_when_switched_on(tmp_path):
         assert f"probes/{variant}" not in on
 
 
+@pytest.mark.parametrize("target", ["report_html", "metrics"])
+def test_switching_a_protocol_on_reruns_the_named_targets(tmp_path, target):
+    """After a finished demo, adding base2novel must make `snakemake report_html` (and `metrics`) plan the
+    protocol's jobs and rerun render (aggregate): the targets request every output of their job, so a new
+    table is a missing output (Snakemake does not fire the params trigger of a job with new outputs)."""
+    import os
+
+    proj = project_copy(tmp_path)
+    stamp = 1_700_000_000
+    for job in snakemake_jobs(proj, "all", ["config/demo.yaml"]):  # a finished demo: every output present
+        for out in job["output"]:
+            path = proj / out
+            if not os.path.splitext(out)[1]:  # a directory output (data/cache/<ds>, results/figures)
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            os.utime(path, (stamp, stamp))  # one mtime: nothing is older than its inputs
+    argv = ["snakemake", target, "-n", "--cores", "1", "--resources", "gpu=0", "--configfile", "config/demo.yaml"]
+    assert "Nothing to be done" in run(argv, proj, timeout=900).stdout
+    (proj / "on.yaml").write_text(B2N)
+    plan = run([*argv, "on.yaml"], proj, timeout=900).stdout
+    rule = "render" if target == "report_html" else "aggregate"
+    assert re.search(rf"^{rule}\s+1$", plan, flags=re.M), plan[-2000:]
+    assert "dataset=demo_shapes-novel, method=bias, seed=3" in plan
+
+
 def test_base2novel_jobs_read_the_base_run_and_their_datasets_files(tmp_path):
     (tmp_path / "b2n.yaml").write_text(B2N)
     pipe = Pipeline.from_files([str(REPO / "params.yaml"), str(tmp_path / "b2n.yaml")])
