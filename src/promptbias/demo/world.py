@@ -19,7 +19,7 @@ Three datasets are cut from the world, in the CoOp on-disk layout (``split_<name
 
 * ``demo_shapes`` — 10 colour×shape classes ("red circle", …; one colour each) with informative names,
   drawn like the corpus plus a dataset style (small distractor shapes, an outline, a strong warm colour
-  cast). Zero-shot works, but the cast (``SHAPES_CAST_RANGE``) costs it about a third of its accuracy:
+  cast). Zero-shot works, but the cast (``SHAPES_CAST_RANGE``) costs it 7–15 points (bench/RESULTS.md):
   a shift shared by every image, which tuning learns to undo (the features still separate the classes).
 * ``demo_textures`` — 10 full-frame texture classes under a domain shift
   (saturated tones, other scales, blur, no object), each class in its own palette (as land-cover classes
