@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from promptbias import protocols
 from promptbias.render.attention_shares import GROUPS
 from promptbias.render.bias_decomposition import CURVES
-from promptbias.render.inputs import Inputs, select
+from promptbias.render.inputs import Inputs, head_mean_by_layer, layer_mean
 from promptbias.render.registry import Gap
 from promptbias.render.style import GAP_COLOR, dataset_label, gap_panel, save_figure, subplots
 
@@ -41,23 +41,6 @@ PROBE_QUANTITIES = (  # (label, probe kind, branch, variant, key)
 )
 
 
-def _per_layer(df: Any, branch: str, variant: str, key: str) -> Any:
-    """The head-mean rows (head −1; the mean over heads where a table has none) of one key, by layer."""
-    rows = select(df, branch, variant, key)
-    rows = rows[rows["layer"] >= 0]
-    mean = rows[rows["head"] == -1]
-    if not len(mean) and len(rows):
-        mean = rows.groupby("layer", as_index=False)["value"].mean()
-    return mean.sort_values("layer")
-
-
-def _layer_mean(df: Any, branch: str, variant: str, key: str) -> float | None:
-    if df is None:
-        return None
-    rows = _per_layer(df, branch, variant, key)
-    return float(rows["value"].mean()) if len(rows) else None
-
-
 def probe_rows(inputs: Inputs) -> list[dict[str, Any]]:
     """Per sweep dataset × probed method × quantity: its value on base- and on novel-class inputs."""
     rows = []
@@ -67,7 +50,7 @@ def probe_rows(inputs: Inputs) -> list[dict[str, Any]]:
                 values = {}
                 for view in protocols.VIEWS:
                     df, _ = inputs.probe(protocols.view_id(dataset, view), method, kind)
-                    values[view] = _layer_mean(df, branch, variant, key)
+                    values[view] = layer_mean(df, branch, variant, key)
                 if all(v is None or v == 0 for v in values.values()):  # not run, or no such tokens
                     continue
                 rows.append({"dataset": dataset, "method": method, "quantity": label, **values})
@@ -135,7 +118,7 @@ def series(inputs: Inputs, dataset: str) -> tuple[Series, list[Gap]]:
                     if str(gap) not in {str(g) for g in gaps}:
                         gaps.append(gap)
                     continue
-                rows = _per_layer(df, branch, variant, key)
+                rows = head_mean_by_layer(df, branch, variant, key)
                 if len(rows):
                     out[(title, label, view)] = (rows["layer"].to_numpy() + 1, rows["value"].to_numpy())
     return out, gaps

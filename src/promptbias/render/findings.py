@@ -20,7 +20,7 @@ from typing import Any
 
 from promptbias import paths
 from promptbias.io import write_csv, write_text
-from promptbias.render.inputs import Inputs, select
+from promptbias.render.inputs import Inputs, head_mean_by_layer, layer_mean, select
 from promptbias.render.registry import Gap, Item, register
 
 STEM = "findings"
@@ -137,13 +137,6 @@ def _uninformative(inputs: Inputs) -> Finding:
 # -- probe findings -------------------------------------------------------------------------------
 
 
-def _layer_mean(df: Any, branch: str, variant: str, key: str) -> float | None:
-    """Mean over layers (≥ 0) of the head-mean rows (head −1) of one key; None when absent."""
-    rows = select(df, branch, variant, key)
-    rows = rows[(rows["layer"] >= 0) & (rows["head"] == -1)]
-    return float(rows["value"].mean()) if len(rows) else None
-
-
 def _per_dataset(
     inputs: Inputs, kind: str, measure: Callable[[Any, str], dict[str, float] | None]
 ) -> tuple[dict[str, dict[str, float]], list[str], list[Gap]]:
@@ -198,8 +191,8 @@ def _eos_shift(inputs: Inputs) -> Finding:
                                            "eos_row")  # fmt: skip
         out = {}
         for group, name in (("sos", "ΔSOS"), ("prompt", "Δprompt"), ("category", "Δcategory")):
-            a = _layer_mean(df, "text", "eos_row", group)
-            b = _layer_mean(clip_df, "text", clip_variant, group) if clip_df is not None else None
+            a = layer_mean(df, "text", "eos_row", group)
+            b = layer_mean(clip_df, "text", clip_variant, group) if clip_df is not None else None
             if a is None or b is None:
                 return None
             out[name] = a - b
@@ -243,9 +236,10 @@ def _distance_entropy(inputs: Inputs) -> Finding:
             clip_df, clip_variant = _clip_rows(inputs, df, dataset, kind, "vision", clip, fallback)
             if clip_df is None:
                 return None
-            a = select(df, "vision", wo, key)
-            b = select(clip_df, "vision", clip_variant, key)
-            a, b = (r[(r["layer"] >= 0) & (r["head"] == -1)].set_index("layer")["value"] for r in (a, b))
+            a, b = (
+                head_mean_by_layer(t, "vision", variant, key).set_index("layer")["value"]
+                for t, variant in ((df, wo), (clip_df, clip_variant))
+            )
             common = a.index.intersection(b.index)
             if not len(common):
                 return None
@@ -289,7 +283,7 @@ def _rotation(inputs: Inputs) -> Finding:
         _threshold(cfg, "rotation_min_corr", f"≥ {low:.2f}"),
     )
     values, missing, f.gaps = _per_dataset(
-        inputs, "maps", lambda df, ds: _wrap("corr", _layer_mean(df, "vision", "prompt", "rotation_corr"))
+        inputs, "maps", lambda df, ds: _wrap("corr", layer_mean(df, "vision", "prompt", "rotation_corr"))
     )
     if not values:
         f.detail = "; ".join(missing) + (
@@ -314,8 +308,8 @@ def _bias(inputs: Inputs) -> Finding:
     )
 
     def measure(df: Any, dataset: str) -> dict[str, float] | None:
-        v = _layer_mean(df, "vision", "prompt_tokens", "explained_share")
-        t = _layer_mean(df, "text", "prompt_tokens", "explained_share")
+        v = layer_mean(df, "vision", "prompt_tokens", "explained_share")
+        t = layer_mean(df, "text", "prompt_tokens", "explained_share")
         return None if v is None or t is None else {"vision": v, "text": t}
 
     values, missing, f.gaps = _per_dataset(inputs, "bias_decomposition", measure)
@@ -350,11 +344,7 @@ def _novel_transfer(inputs: Inputs) -> Finding:
         "BIAS − PROMPT novel-class test accuracy (pp), mean over the sweep datasets (tuned on the base classes)",
         "≥ +0.00 pp (the sign: better or worse)",
     )
-    gains = {}
-    for d in inputs.datasets:
-        bias, prompt = inputs.run(view_id(d, NOVEL), "bias"), inputs.run(view_id(d, NOVEL), PROMPT)
-        if bias is not None and prompt is not None:
-            gains[d] = float(bias["accuracy_mean"]) - float(prompt["accuracy_mean"])
+    gains = {d: g for d in inputs.datasets if (g := _gain(inputs, view_id(d, NOVEL))) is not None}
     if not gains:
         f.detail = "no sweep dataset has both a bias and a prompt result on its novel classes"
         f.gaps.append(Gap("Findings / novel-class transfer", f.detail))

@@ -174,6 +174,18 @@ def select(df: Any, branch: str, variant: str, key: str | None = None, layer: in
     return df[m]
 
 
+def head_mean_by_layer(df: Any, branch: str, variant: str, key: str) -> Any:
+    """The head-mean rows (head −1, layer ≥ 0) of one key, sorted by layer; empty when absent."""
+    rows = select(df, branch, variant, key)
+    return rows[(rows["layer"] >= 0) & (rows["head"] == -1)].sort_values("layer")
+
+
+def layer_mean(df: Any, branch: str, variant: str, key: str) -> float | None:
+    """Mean over layers of :func:`head_mean_by_layer`; None when absent (or ``df`` is None)."""
+    rows = head_mean_by_layer(df, branch, variant, key)
+    return float(rows["value"].mean()) if len(rows) else None
+
+
 def scalar(df: Any, branch: str, variant: str, key: str) -> float | None:
     rows = select(df, branch, variant, key)
     return float(rows["value"].iloc[0]) if len(rows) else None

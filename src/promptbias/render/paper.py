@@ -10,6 +10,9 @@ generalisation protocols (CoCoOp, MaPLe) are in :mod:`promptbias.render.publishe
 
 from __future__ import annotations
 
+from promptbias.data import registry
+from promptbias.render.published import imagenet_variant
+
 # Dataset name -> the paper's row label (Table 1).
 PAPER_ROWS: dict[str, str] = {
     "imagenet": "ImageNet",
@@ -44,20 +47,10 @@ PAPER_TABLE1: dict[str, dict[str, float]] = {
 PAPER_AVERAGE: dict[str, float] = {"CLIP": 65.3, "PROMPT": 77.8, "BIAS": 79.5, "OPTIMAL": 80.0}
 
 
-# The ImageNet variants of the domain-generalisation targets, by their id without underscores (CoOp's
-# `imagenetv2` and an `imagenet_v2` both read ImageNet-V2).
-VARIANT_ROWS: dict[str, str] = {
-    "imagenetv2": "ImageNet-V2",
-    "imagenetsketch": "ImageNet-Sketch",
-    "imageneta": "ImageNet-A",
-    "imagenetr": "ImageNet-R",
-}
-
-
 def display_name(dataset: str) -> str:
     """The paper's spelling for real datasets (and the ImageNet variants); demo_shapes -> 'Demo shapes'."""
     if dataset in PAPER_ROWS:
         return PAPER_ROWS[dataset]
-    if dataset.replace("_", "") in VARIANT_ROWS:
-        return VARIANT_ROWS[dataset.replace("_", "")]
+    if variant := imagenet_variant(dataset):
+        return registry.get(variant).display_name
     return dataset.replace("_", " ").capitalize()

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from promptbias import protocols
+from promptbias.data import registry
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,17 @@ def variant_key(dataset_id: str) -> str:
     dataset, view = protocols.parse(dataset_id)
     if protocols.transfer_source(view) is None and view is not None:
         return dataset_id  # a class view (<ds>-base) has no published transfer value
-    squashed = dataset.replace("_", "")
-    return _VARIANTS.get(squashed, dataset)
+    return imagenet_variant(dataset) or dataset
 
 
-_VARIANTS = {"imagenetv2": "imagenetv2", "imagenetsketch": "imagenet_sketch", "imageneta": "imagenet_a",
-             "imagenetr": "imagenet_r"}  # fmt: skip
-IMAGENET_VARIANTS = tuple(_VARIANTS.values())
+PAPER_DATASETS = registry.PAPER_DATASETS  # the papers' 11 datasets (a published AVERAGE is over them)
+IMAGENET_VARIANTS = registry.DOMAIN_SHIFTS  # the test-only ImageNet variants
+_VARIANTS = {v.replace("_", ""): v for v in IMAGENET_VARIANTS}  # by id without underscores
+
+
+def imagenet_variant(dataset: str) -> str | None:
+    """The registry id of an ImageNet variant whatever its underscores (``imagenet_v2`` -> ``imagenetv2``)."""
+    return _VARIANTS.get(dataset.replace("_", ""))
 
 
 def value(row: Published, dataset_id: str) -> tuple[float, ...] | None:
@@ -174,8 +179,6 @@ DOMAIN_GENERALISATION: tuple[Published, ...] = (
 
 # The source every published transfer value was measured from.
 TRANSFER_SOURCE = "imagenet"
-PAPER_DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-                  "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")  # fmt: skip
 
 
 def sources(rows: tuple[Published, ...]) -> list[Source]:
