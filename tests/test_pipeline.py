@@ -342,7 +342,17 @@ def test_switching_a_protocol_on_reruns_the_named_targets(tmp_path, target):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.touch()
             os.utime(path, (stamp, stamp))  # one mtime: nothing is older than its inputs
-    argv = ["snakemake", target, "-n", "--cores", "1", "--resources", "gpu=0", "--configfile", "config/demo.yaml"]
+    argv = [
+        "snakemake",
+        target,
+        "-n",
+        "--cores",
+        "1",
+        "--resources",
+        "gpu=0",
+        "--configfile",
+        "config/demo.yaml",
+    ]
     assert "Nothing to be done" in run(argv, proj, timeout=900).stdout
     (proj / "on.yaml").write_text(B2N)
     plan = run([*argv, "on.yaml"], proj, timeout=900).stdout

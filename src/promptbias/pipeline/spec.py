@@ -299,8 +299,8 @@ def _evaluate_deps(cfg: Config, w: Wildcards) -> list[str]:
         deps.append(_p(paths.cache_dir(root, data)))
     if method_trains(method):  # zero-shot depends on no train stage
         source = protocols.train_source(ds)
-        if protocols.data_of(source) != data:  # a transfer: the source's split files are checked too
-            src = protocols.data_of(source)
+        src = protocols.data_of(source)
+        if src != data:  # a transfer: the source's split files are checked too
             deps += [_p(paths.raw_json(root, src)), _p(paths.split_json(root, src, shots, seed))]
         deps.append(_p(paths.run_file(source, method, seed, paths.PARAMS)))
     return deps + weights_deps(cfg)
