@@ -78,19 +78,26 @@ def build_workspace(ws: Path, datasets: list[str], args: argparse.Namespace) -> 
             img.save(folder / "img" / f"{i:04d}.jpg", quality=85)
         names = _classnames(n_classes, k)
 
-        def items(count: int, start: int, names=names, n_classes=n_classes) -> list[list]:
-            return [
-                [f"img/{(start + i) % args.pool:04d}.jpg", i % n_classes, names[i % n_classes]]
-                for i in range(count)
-            ]
+        def items(
+            part: str, count: int, start: int, names=names, n_classes=n_classes, folder=folder
+        ) -> list[list]:
+            """One file per entry (a split names each image once): hard links into the pool."""
+            (folder / "img" / part).mkdir(exist_ok=True)
+            out = []
+            for i in range(count):
+                rel = f"img/{part}/{i:05d}.jpg"
+                if not (folder / rel).exists():
+                    os.link(folder / "img" / f"{(start + i) % args.pool:04d}.jpg", folder / rel)
+                out.append([rel, i % n_classes, names[i % n_classes]])
+            return out
 
         split = {
             "dataset": name,
             "classnames": names,
             "template": spec.template,
-            "train": items(n_classes * shots, 0),
-            "val": items(n_classes * min(shots, 4), 7),
-            "test": items(n_test, 13),
+            "train": items("train", n_classes * shots, 0),
+            "val": items("val", n_classes * min(shots, 4), 7),
+            "test": items("test", n_test, 13),
         }
         (ws / "data" / "raw" / f"{name}.json").write_text(_json(split))
         sizes[name] = {"classes": n_classes, "shots": shots, "test": n_test}

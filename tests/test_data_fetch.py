@@ -355,11 +355,11 @@ def test_generated_dataset_is_normalised_like_any_other(
     def fake_generate(name: str, target_dir: Path, seed: int) -> None:  # the generator's contract
         calls.append((name, target_dir, seed))
         (target_dir / "images" / "red_circle").mkdir(parents=True)
-        (target_dir / "images" / "red_circle" / "a.png").write_bytes(_tiny_png())
-        item = ["images/red_circle/a.png", 0, "red_circle"]
-        (target_dir / f"split_{name}.json").write_text(
-            json.dumps({"train": [item], "val": [item], "test": [item]})
-        )
+        items = {}
+        for split, image in (("train", "b.png"), ("val", "c.png"), ("test", "a.png")):  # an image once
+            (target_dir / "images" / "red_circle" / image).write_bytes(_tiny_png())
+            items[split] = [[f"images/red_circle/{image}", 0, "red_circle"]]
+        (target_dir / f"split_{name}.json").write_text(json.dumps(items))
 
     monkeypatch.setattr(demo, "generate_dataset", fake_generate)
     out = fetch_dataset(registry.get("demo_shapes"), tmp_path, demo_seed=7)

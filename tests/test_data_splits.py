@@ -29,7 +29,8 @@ def _split() -> dict:
     for i in range(24):
         label = (1, 3, 0, 2)[i % 4]
         val.append([f"c{label}/val_{i:03d}.jpg", label, f"class_{label}"])
-    return {"dataset": "toy", "classnames": [], "template": "{}", "train": train, "val": val, "test": []}
+    names = [f"class {y}" for y in range(4)]
+    return {"dataset": "toy", "classnames": names, "template": "{}", "train": train, "val": val, "test": []}
 
 
 def _dassl_reference(split: dict, shots: int, seed: int) -> tuple[list, list]:

@@ -142,6 +142,12 @@ def _cache_corrupt_test_image(ws: Path, outside: Path) -> list[str]:
     return [*P, "cache", "demo_shapes"]
 
 
+def _rename_class_0(split: dict, name: str) -> dict:
+    for entry in (e for part in ("train", "val", "test") for e in split.get(part, []) if e[1] == 0):
+        entry[2] = name
+    return split
+
+
 def _n_ctx_overflows_context(ws: Path, outside: Path) -> list[str]:
     """64 learnable tokens (the schema's cap) + a long class name exceed the 77-token text context."""
     import json
@@ -149,7 +155,9 @@ def _n_ctx_overflows_context(ws: Path, outside: Path) -> list[str]:
     path = ws / "data/raw/demo_shapes.json"
     split = json.loads(path.read_text())
     split["classnames"][0] = " ".join(["extraordinarily elaborate"] * 8) + " red circle"
-    path.write_text(json.dumps(split))
+    path.write_text(json.dumps(_rename_class_0(split, split["classnames"][0])))
+    few = ws / "data/splits/demo_shapes/shot4_seed1.json"  # the items' class name agrees in both files
+    few.write_text(json.dumps(_rename_class_0(json.loads(few.read_text()), split["classnames"][0])))
     _edit_params(ws, methods__prompt__n_ctx_text=64)
     return [*P, *PROMPT_TRAIN]
 

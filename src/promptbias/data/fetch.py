@@ -5,7 +5,9 @@
 
 Output: ``<root>/raw/<ds>/`` (the CoOp layout) and ``<root>/raw/<ds>.json`` (the normalised split). The
 json is set aside first and written last, atomically, only after every file was verified and every image
-the split names exists — so an interrupted fetch never looks complete. A fetch that fails (UserError)
+the split names exists — so an interrupted fetch never looks complete. Every entry of the source split
+is checked first (:mod:`promptbias.data.split_check`: labels, names, relative paths), and every image it
+names must resolve, links included, inside the dataset folder. A fetch that fails (UserError)
 puts the previous json back when every image it names is still there, so a working dataset stays usable.
 Archives are downloaded to ``<root>/downloads/<ds>/`` and deleted after extraction unless
 ``keep_archives``. A file that cannot be downloaded produces one line saying which file to place where.
@@ -24,9 +26,10 @@ import shutil
 from pathlib import Path
 
 from promptbias import paths
+from promptbias.data import split_check
 from promptbias.data.archive import DEFAULT_MAX_BYTES, extract_nested, safe_extract
 from promptbias.data.download import ChecksumLock, DownloadFailed, download_file, hash_matches
-from promptbias.data.layouts import load_layout, missing_images
+from promptbias.data.layouts import load_layout
 from promptbias.data.registry import DatasetSpec, RemoteFile
 from promptbias.errors import UserError
 from promptbias.io import atomic_path, read_json, write_json
@@ -74,10 +77,11 @@ def _restore(previous: Path, done: Path, target: Path) -> None:
     """Put the json of the last successful fetch back when the folder still holds every image it names."""
     if not previous.is_file():
         return
+    fix = f"rerun `promptbias fetch {target.name}`"
     try:
-        old = read_json(previous)
-        usable = not missing_images(target, old)
-    except (OSError, ValueError, KeyError, TypeError):
+        old = split_check.check_split(read_json(previous), done, fix)
+        usable = not split_check.check_files(target, old, done, fix)
+    except (OSError, ValueError, KeyError, TypeError, UserError):
         usable = False
     if usable:
         os.replace(previous, done)
@@ -127,8 +131,10 @@ def _fetch(
         if has_split and not all((target / p).exists() for p in rf.present_paths):
             continue  # CoOp reads it only to build a missing split: nothing to demand or download
         _ensure(spec, rf, root, target, lock, keep_archives, max_bytes, retries, backoff)
-    split = load_layout(spec, target)
-    missing = missing_images(target, split)
+    split = load_layout(spec, target)  # every entry checked (promptbias.data.split_check)
+    missing = split_check.check_files(
+        target, split, f"the {spec.name} split", f"rerun `promptbias fetch {spec.name}`"
+    )
     if missing:
         raise UserError(
             f"{spec.name}: {len(missing)} image(s) named by the split are missing, e.g. {target / missing[0]} "

@@ -32,6 +32,11 @@ A test-only split (``DatasetSpec.test_only``) has empty train and val lists and 
 name of the split file, as Dassl does. An empty train (except for a test-only dataset) or test split is
 refused (one line naming the file or folder it came from), so a dataset that would train or evaluate on
 nothing never fetches.
+
+Every entry is checked (:mod:`promptbias.data.split_check`): a source file's own entries before they are
+joined to ``image_dir`` (types, label range — the registry's ``num_classes`` when it declares one —, names,
+paths; the error names the file and ``train[i]`` / the line), then the normalised split as a whole. A
+hostile or broken mirror's split cannot name a file outside the dataset folder.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from promptbias.data import split_check
 from promptbias.data.registry import DatasetSpec, clean_classname
 from promptbias.errors import UserError
 
@@ -55,7 +61,7 @@ def load_layout(spec: DatasetSpec, folder: Path) -> dict[str, Any]:
     if parser is None:
         raise ValueError(f"{spec.name}: unknown layout {spec.layout!r}")
     splits = parser(spec, folder)
-    classnames = _classnames(spec, splits)
+    classnames = _classnames(spec, splits, _shown(_source_of(spec, folder, "train")))
     for name in ("test",) if spec.test_only else ("train", "test"):
         if not splits[name]:
             raise UserError(
@@ -74,7 +80,21 @@ def load_layout(spec: DatasetSpec, folder: Path) -> dict[str, Any]:
         out["val_from_train"] = True
     if spec.test_only:
         out["test_only"] = True
-    return out
+    source = _source_of(spec, folder, "train")
+    return split_check.check_split(out, _shown(source), _source_fix(spec))
+
+
+def _shown(source: Path) -> Path:
+    """The file to name in an error: a link of ``fetch --from`` (removed when the fetch fails) as its target."""
+    return source.resolve() if source.is_symlink() else source
+
+
+def _source_fix(spec: DatasetSpec) -> str:
+    """How to replace a source file whose entries are refused (the file is named first in the error)."""
+    return (
+        "the file is damaged or not the published one: replace it with a verified copy (re-download it), "
+        f"then rerun `promptbias fetch {spec.name}`"
+    )
 
 
 def _source_of(spec: DatasetSpec, folder: Path, split: str) -> Path:
@@ -109,9 +129,7 @@ def _required(spec: DatasetSpec, path: Path) -> Path:
 
 
 def _join(image_dir: str, rel: str) -> str:
-    rel = rel.replace("\\", "/")
-    if rel.startswith("/") or ".." in rel.split("/"):
-        raise UserError(f"split entry {rel!r} is not a relative path inside the dataset — fix the split file")
+    """``image_dir/rel`` (``rel`` checked by :mod:`~promptbias.data.split_check` first)."""
     return f"{image_dir}/{rel}" if image_dir else rel
 
 
@@ -120,13 +138,27 @@ def _split_json(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
     path = _required(spec, folder / spec.split_file)
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg}) — delete it and fetch again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise UserError(f"{_shown(path)}: not valid JSON ({why}) — delete it and fetch again") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{_shown(path)}: not a JSON object — this is not a CoOp split file; fetch it again")
     out: dict[str, list[Item]] = {}
+    names: dict[int, str] = {}
+    seen = split_check.Paths()
     for split in ("train", "val", "test"):
         if split not in raw:
             raise UserError(f"{path}: no '{split}' list — this is not a CoOp split file; fetch it again")
-        out[split] = [[_join(spec.image_dir, str(p)), int(label), str(name)] for p, label, name in raw[split]]
+        split_check.check_items(
+            raw[split],
+            _shown(path),
+            split,
+            _source_fix(spec),
+            n_classes=spec.num_classes,
+            names=names,
+            seen=seen,
+        )
+        out[split] = [[_join(spec.image_dir, p), label, name] for p, label, name in raw[split]]
     return out
 
 
@@ -141,13 +173,19 @@ def _fgvc(spec: DatasetSpec, folder: Path) -> dict[str, list[Item]]:
     for split in ("train", "val", "test"):
         path = _required(spec, folder / f"images_variant_{split}.txt")
         items: list[Item] = []
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
             image_id, _, variant = line.strip().partition(" ")
             if variant not in label_of:
                 raise UserError(
                     f"{path}: variant {variant!r} is not in variants.txt — the files do not match"
+                )
+            problem = split_check.path_problem(f"{image_id}.jpg")
+            if problem is not None or "/" in image_id:
+                raise UserError(
+                    f"{_shown(path)}: line {number}: {problem or f'the image id {image_id!r} names a folder'} — "
+                    f"{_source_fix(spec)}"
                 )
             items.append([_join(spec.image_dir, f"{image_id}.jpg"), label_of[variant], variant])
         out[split] = items
@@ -260,18 +298,23 @@ _PARSERS = {
 _TEST_FOLDER_LAYOUTS = ("imagenet_wnid", "imagenetv2")
 
 
-def _classnames(spec: DatasetSpec, splits: dict[str, list[Item]]) -> list[str]:
+def _classnames(spec: DatasetSpec, splits: dict[str, list[Item]], source: Path) -> list[str]:
+    """The cleaned class name of each label 0..n-1 (every label must have an image)."""
     by_label: dict[int, str] = {}
     for split in ("train", "val", "test"):
         for _, label, name in splits[split]:
             if by_label.setdefault(label, name) != name:
                 raise UserError(
-                    f"{spec.name}: label {label} is both {by_label[label]!r} and {name!r} — the split file is inconsistent"
+                    f"{source}: label {label} is both {by_label[label]!r} and {name!r} — the split file is "
+                    f"inconsistent: {_source_fix(spec)}"
                 )
     n = max(by_label) + 1 if by_label else 0
     missing = [i for i in range(n) if i not in by_label]
     if missing:
-        raise UserError(f"{spec.name}: labels {missing[:5]} have no images — the split file is incomplete")
+        raise UserError(
+            f"{source}: labels {missing[:5]} of 0..{n - 1} have no images (a label out of range?) — the split "
+            f"file is incomplete: {_source_fix(spec)}"
+        )
     return [clean_classname(by_label[i]) for i in range(n)]
 
 

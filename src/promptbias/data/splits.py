@@ -16,6 +16,12 @@ so selecting on val would select on test images. Its val is instead min(K, 4) pe
 same random stream right after train, from the train images *not* in the K-shot train subset —
 disjoint from both train and test, and a function of the seed. The train subset is unchanged.
 
+Every read of ``data/raw/<ds>.json`` checks its entries (:mod:`promptbias.data.split_check`): a label
+outside the class range, a name that disagrees with its label, or a path that is absolute, not normalised
+or repeated is refused in one line naming the file and the entry, before anything is computed from it. A
+few-shot file is valid when it equals the subset that checked split gives; one that does not is refused,
+naming its first bad entry when it has one.
+
 A class view of base-to-novel (``dtd-base``, :mod:`promptbias.protocols`) reads the split files of its
 dataset and keeps the view's classes, as CoCoOp subsamples its few-shot subsets: no split file of its own.
 
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from promptbias import paths, protocols
+from promptbias.data import split_check
 from promptbias.data.registry import REGISTRY, is_test_only
 from promptbias.errors import UserError
 from promptbias.io import read_json
@@ -72,14 +79,15 @@ def load_split(root: Path | str, dataset: str) -> dict[str, Any]:
         raise UserError(
             f"{path}: dataset {dataset!r} is not fetched — run `promptbias fetch {dataset}` first"
         )
-    split = _read(path, f"promptbias fetch {dataset}")
+    remake = f"promptbias fetch {dataset}"
+    split = _read(path, remake)
     spec = REGISTRY.get(dataset)
     if spec is not None and spec.layout == "imagenet" and not split.get("val_from_train"):
         raise UserError(
             f"{path}: written by an older promptbias (val = the test set) — run `promptbias fetch {dataset}` "
             "again to draw val from train images"
         )
-    return split
+    return split_check.check_split(split, path, f"delete it and rerun `{remake}`")
 
 
 def _read(path: Path, remake: str) -> dict[str, Any]:
@@ -136,12 +144,24 @@ def load_fewshot(
     remake = f"promptbias split {dataset} --shots {shots} --seed {seed}"
     if not path.is_file():
         raise UserError(f"{path}: few-shot split missing — run `{remake}` first")
+    split = split if split is not None else load_split(root, dataset)
     few = _read(path, remake)
-    if few != make_fewshot(split if split is not None else load_split(root, dataset), shots, seed):
+    if few != make_fewshot(split, shots, seed):  # equal: valid, as the checked split it is drawn from
         if not few["train"]:
             raise UserError(f"{path}: the train split is empty (edited?) — run `{remake}` again")
         raise UserError(
             f"{path}: not the {shots}-shot subset of seed {seed} of {paths.raw_json(root, dataset)} (edited, or made "
-            f"from another version of it) — run `{remake}` again"
+            f"from another version of it{_first_bad_entry(few, path, split)}) — run `{remake}` again"
         )
     return few
+
+
+def _first_bad_entry(few: dict[str, Any], path: Path, split: dict[str, Any]) -> str:
+    """``; <entry>: <problem>`` for the first entry of a few-shot file the split checks refuse, else ""."""
+    try:
+        split_check.check_fewshot(few, path, split, "")
+    except split_check.EntryError as exc:
+        return f"; {exc.where}: {exc.problem}"
+    except UserError:
+        pass
+    return ""
