@@ -136,7 +136,7 @@ def test_evaluate_refuses_non_finite_parameters(base, tmp_path):
     tensors[name][0] = float("nan")
     save_file(tensors, path, metadata=meta)  # the header still says status "ok"
     line = _one_error(ws.run(*_args(EVALUATE, "bias")))
-    assert f"tensor {name} holds NaN or infinite values" in line
+    assert f"tensor {name!r} holds NaN or infinite values" in line
 
 
 def test_evaluate_refuses_a_relabelled_split(base, tmp_path):

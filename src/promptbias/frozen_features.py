@@ -11,12 +11,18 @@ batch size, cpu_threads, and the ordered image files with the sha256 of their by
 image or weights file is a miss, never a stale hit. Results are bit-identical to recomputing (same
 tensors, same batch slices for the logits); ``tests/test_frozen_features.py`` checks it. A randomly
 initialised backbone (``pretrained: null``) depends on the seed and is never memoised. The folder is
-a throw-away cache outside DVC's outputs: deleting it only costs the recomputation.
+a throw-away cache outside DVC's outputs: deleting it only costs the recomputation. Each memo records its
+key, shape, dtype and the sha256 of its bytes in its safetensors metadata and is used only when all of
+them verify; a damaged or converted memo is recomputed and replaced (see :func:`read_memo`). Memos are
+written like every other output (atomically, with the umask's permissions).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,8 +64,11 @@ def memo(
     rel_paths: list[str],
     compute: Callable[[], torch.Tensor],
 ) -> tuple[torch.Tensor, bool]:
-    """(features N×E, hit): read the memoised features, or ``compute()`` them and write them atomically."""
-    from safetensors.torch import load_file, save_file
+    """(features N×E, hit): read the memoised features, or ``compute()`` them and write them atomically.
+
+    A memo is used only when it verifies (:func:`read_memo`); a damaged one is recomputed and replaced.
+    """
+    from safetensors.torch import save
 
     from promptbias.io import atomic_path
 
@@ -67,11 +76,50 @@ def memo(
     if key is None:
         return compute(), False
     path = paths.features_file(cfg["data"]["root"], dataset, key)
-    if path.is_file():
-        feats = load_file(str(path))["features"]
-        if feats.shape[0] == len(rel_paths):
-            return feats, True
-    feats = compute()
+    feats = read_memo(path, key, len(rel_paths))
+    if feats is not None:
+        return feats, True
+    feats = compute().contiguous()
+    data = save({"features": feats}, metadata=_record(feats, key))
     with atomic_path(path, suffix=".safetensors") as tmp:  # parallel seeds: the last rename wins, same bytes
-        save_file({"features": feats.contiguous()}, str(tmp))
+        tmp.write_bytes(data)  # not safetensors' save_file: it renames its own 0600 temporary over tmp
     return feats, False
+
+
+def _digest(feats: torch.Tensor) -> str:
+    raw = feats.detach().cpu().contiguous().view(torch.uint8).numpy()
+    return hashlib.sha256(memoryview(raw)).hexdigest()
+
+
+def _record(feats: torch.Tensor, key: str) -> dict[str, str]:
+    """The memo's own description, kept in its safetensors metadata and checked on every read."""
+    return {
+        "key": key,
+        "shape": json.dumps(list(feats.shape)),
+        "dtype": str(feats.dtype).removeprefix("torch."),
+        "sha256": _digest(feats),
+    }
+
+
+def read_memo(path: Path, key: str, n_images: int) -> torch.Tensor | None:
+    """The memoised N×E features at ``path`` if they verify, else None (missing, unreadable or damaged).
+
+    Verified: one tensor ``features``, 2-D with one row per image, and its key, shape, dtype and the
+    sha256 of its bytes equal to what was recorded when it was written. A damaged memo is never used; it
+    is recomputed, not refused: the folder is a throw-away cache whose content is fully determined by its
+    key, so the recomputation is the repair (and costs what a first run costs).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        tensors = load(data)
+    except (OSError, SafetensorError, ValueError, AttributeError):
+        return None
+    feats = tensors.get("features")
+    if set(tensors) != {"features"} or feats is None or feats.dim() != 2 or feats.shape[0] != n_images:
+        return None
+    return feats if meta == _record(feats, key) else None

@@ -9,21 +9,30 @@
 Test transform (Dassl/CLIP): decode with PIL ``.convert("RGB")``, resize the short side to S (bicubic),
 center-crop S×S — all in PIL, so cached and uncached tensors are bit-identical. ``build_cache`` stores the
 transformed test+val images of a dataset once as ``data/cache/<ds>/images_<S>.npy`` (uint8 N×3×S×S,
-memory-mapped on read) plus ``images_<S>.json`` (the paths and the sha256 of each source file, written
-last: a cache without it does not exist). A read from the cache checks the requested images' bytes
-against those digests: an image replaced since the cache was built is a stale cache, refused in one line. Train augmentation = RandomResizedCrop(S, scale 0.08–1, ratio 3/4–4/3, bicubic, antialias) +
+plus ``images_<S>.json`` (the paths and the sha256 of each source file, the sha256 of the .npy header and
+of each 32 MiB block of its rows, and a seal over the index itself; written last: a cache without it does
+not exist). A read from the cache checks the requested images' files against their digests (an image
+replaced since the cache was built is a stale cache, refused in one line) and reads each block of rows it
+needs once, checking it against its recorded digest before using it (a cache damaged in place, an
+edited or swapped index: "stale cache … rebuild it: `promptbias cache <ds>`"). Train augmentation = RandomResizedCrop(S, scale 0.08–1, ratio 3/4–4/3, bicubic, antialias) +
 horizontal flip, drawn from a ``torch.Generator`` and run per batch on the device.
 
-A missing or corrupt image raises UserError naming the file; with ``skip_bad=True`` it is skipped and
+A missing or corrupt image raises UserError naming the file (so does one over PIL's decompression-bomb
+limit of ~89 megapixels, refused rather than decoded); with ``skip_bad=True`` it is skipped and
 recorded (``skipped`` list argument, and the cache index) instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
+import warnings
+from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +41,23 @@ import torch
 from PIL import Image
 
 from promptbias import identity, paths
+from promptbias.data.split_check import image_path  # the one join of a split path for opening
 from promptbias.errors import UserError
 from promptbias.io import atomic_path, read_json, write_json
 
 BICUBIC = Image.Resampling.BICUBIC
+
+# PIL warns (a second stderr line) between MAX_IMAGE_PIXELS and twice that, and raises above: both are
+# refused here in one line (an image over ~89 megapixels in a classification dataset is a bomb or a
+# broken mirror; every transform of promptbias needs a few hundred pixels a side). The warning is made
+# an error by a process-wide filter, (re)installed at the front before each open: warnings.catch_warnings
+# is not thread-safe (decode runs in worker threads), and a caller's catch_warnings may drop the filter.
+_BOMB_FILTER = ("error", None, Image.DecompressionBombWarning, None, 0)
+
+
+def _refuse_bombs() -> None:
+    if warnings.filters[:1] != [_BOMB_FILTER]:
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def _workers(num_workers: int | None) -> int:
@@ -43,17 +65,31 @@ def _workers(num_workers: int | None) -> int:
 
 
 def decode(path: Path | str) -> Image.Image:
-    """The image as RGB; a missing or undecodable file is a UserError naming it."""
+    """The image as RGB; a missing or undecodable file (or a decompression bomb) is a UserError naming it."""
+    _refuse_bombs()
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError:
         raise UserError(f"{path}: image file missing — re-fetch the dataset (`promptbias fetch`)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise UserError(_bomb_message(path, exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(
             f"{path}: corrupt image ({reason}) — replace the file (re-fetch the dataset: `promptbias fetch`)"
         ) from None
+
+
+def _bomb_message(path: Path | str, exc: Exception) -> str:
+    """One line for PIL's decompression-bomb warning or error ("Image size (N pixels) exceeds limit …")."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+    limit = (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+    return (
+        f"{path}: image of {size}, over PIL's decompression-bomb limit of {limit:.0f} megapixels — refused; "
+        "replace it with a downscaled copy (or drop it from the split) and re-fetch"
+    )
 
 
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
@@ -97,7 +133,8 @@ def decode_eval(
         ThreadPoolExecutor(_workers(num_workers)) as pool,
         _progress(len(rel_paths), f"decode {Path(folder).name}") as bar,
     ):
-        for i, arr in enumerate(pool.map(lambda p: _eval_one(folder / p, size, skip_bad), rel_paths)):
+        decoded = pool.map(lambda p: _eval_one(image_path(folder, p), size, skip_bad), rel_paths)
+        for i, arr in enumerate(decoded):
             if arr is None:
                 bad.append(i)
             else:
@@ -128,23 +165,71 @@ def build_cache(
     bad_set = set(bad)
     skipped = [rel_paths[i] for i in bad]
     kept = [p for i, p in enumerate(rel_paths) if i not in bad_set]
-    with atomic_path(npy, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        # streamed in chunks through fh.write (not a memmap, not ndarray.tofile): a full disk is then an
-        # OSError(ENOSPC) → one-line error, instead of a SIGBUS crash or an OSError without errno
-        np.lib.format.write_array(_ChunkWriter(fh), np.ascontiguousarray(arr), allow_pickle=False)
+    arr = np.ascontiguousarray(arr)
+    with atomic_path(npy, suffix=".npy") as tmp:
+        with open(tmp, "wb") as fh:
+            # streamed in chunks through fh.write (not a memmap, not ndarray.tofile): a full disk is then an
+            # OSError(ENOSPC) → one-line error, instead of a SIGBUS crash or an OSError without errno
+            np.lib.format.write_array(_ChunkWriter(fh), arr, allow_pickle=False)
+        npy_record = npy_digests(tmp, arr, _workers(num_workers))
     sha256 = identity.sha256_files(folder, kept, _workers(num_workers))  # what each row was made from
-    write_json(
-        index,
-        {
-            "dataset": dataset,
-            "size": size,
-            "count": len(kept),
-            "paths": kept,
-            "sha256": sha256,
-            "skipped": skipped,
-        },
-    )
+    write_cache_index(index, dataset, size, kept, sha256, skipped, npy_record)
     return npy
+
+
+# The cache's own bytes: the .npy header's sha256 and one sha256 per block of CHUNK_BYTES rows, recorded in
+# the index when the cache is built and checked on every read (only the blocks a read needs), so a cache
+# damaged in place (same size, same mtime) is refused instead of used. The index carries a seal (the
+# sha256 of the rest of it), so an edited, reordered or swapped index is refused too.
+CHUNK_BYTES = 32 << 20
+DIGEST = "sha256"  # hashlib: releases the GIL, SHA-NI on x86 (~1 GB/s a core)
+
+
+def npy_digests(npy: Path, arr: np.ndarray, workers: int = 1) -> dict[str, Any]:
+    """What the index records about the .npy file holding ``arr``: its size, header digest, block digests."""
+    size = npy.stat().st_size
+    offset = size - arr.nbytes
+    with open(npy, "rb") as fh:
+        header = fh.read(offset)
+    row_bytes = math.prod(arr.shape[1:]) * arr.itemsize
+    chunk_rows = max(1, CHUNK_BYTES // max(1, row_bytes))
+    flat = arr.reshape(len(arr), row_bytes)
+    blocks = [flat[i : i + chunk_rows] for i in range(0, len(arr), chunk_rows)]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        chunks = list(pool.map(lambda b: hashlib.new(DIGEST, memoryview(b)).hexdigest(), blocks))
+    return {
+        "bytes": size,
+        "digest": DIGEST,
+        "header": hashlib.new(DIGEST, header).hexdigest(),
+        "chunk_rows": chunk_rows,
+        "chunks": chunks,
+    }
+
+
+def _seal(meta: dict[str, Any]) -> str:
+    return identity.digest({k: v for k, v in meta.items() if k != "seal"}, length=64)
+
+
+def write_cache_index(
+    index: Path,
+    dataset: str,
+    size: int,
+    kept: list[str],
+    sha256: list[str],
+    skipped: list[str],
+    npy_record: dict[str, Any],
+) -> None:
+    """Write the cache index (last: a cache without it does not exist), sealed with its own digest."""
+    meta = {
+        "dataset": dataset,
+        "size": size,
+        "count": len(kept),
+        "paths": kept,
+        "sha256": sha256,
+        "skipped": skipped,
+        "npy": npy_record,
+    }
+    write_json(index, meta | {"seal": _seal(meta)})
 
 
 class _ChunkWriter:
@@ -154,22 +239,115 @@ class _ChunkWriter:
         self.write = fh.write
 
 
-def _cache_lookup(
-    root: Path | str, dataset: str, size: int
-) -> tuple[np.ndarray, dict[str, int], set[str], list[str]] | None:
+def _stale(path: Path, dataset: str, why: str) -> UserError:
+    return UserError(f"{path}: stale cache ({why}) — rebuild it: `promptbias cache {dataset}`")
+
+
+@dataclass(frozen=True)
+class CachedImages:
+    """An image cache whose index and .npy header were checked; its rows are verified as they are read."""
+
+    npy: Path
+    dataset: str
+    size: int
+    offset: int
+    chunk_rows: int
+    chunks: list[str]
+    row_of: dict[str, int]
+    skipped: set[str]
+    recorded: list[str]
+
+    def read_into(self, out: np.ndarray, dst: Sequence[int], src: Sequence[int], workers: int = 1) -> None:
+        """``out[dst[k]] = row src[k]``, every block read once and checked against its recorded digest."""
+        wanted: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for k, row in zip(dst, src, strict=True):
+            wanted[row // self.chunk_rows].append((k, row))
+        row_bytes = 3 * self.size * self.size
+        count = len(self.recorded)
+        with open(self.npy, "rb") as fh:
+            fd = fh.fileno()
+
+            def one(chunk: int) -> None:
+                first = chunk * self.chunk_rows
+                n = min(self.chunk_rows, count - first)
+                buf = np.empty(n * row_bytes, dtype=np.uint8)
+                _pread_into(fd, buf, self.offset + first * row_bytes, self.npy, self.dataset)
+                if hashlib.new(DIGEST, buf).hexdigest() != self.chunks[chunk]:
+                    raise _stale(
+                        self.npy, self.dataset, "its bytes do not match the digest recorded when it was built"
+                    )
+                pairs = wanted[chunk]
+                block = buf.reshape(n, 3, self.size, self.size)
+                out[[k for k, _ in pairs]] = block[[row - first for _, row in pairs]]
+
+            with ThreadPoolExecutor(max(1, min(workers, len(wanted)))) as pool:
+                list(pool.map(one, sorted(wanted)))
+
+
+def _pread_into(fd: int, buf: np.ndarray, offset: int, npy: Path, dataset: str) -> None:
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise _stale(npy, dataset, "the file is shorter than recorded when it was built")
+        done += n
+
+
+def _cache_lookup(root: Path | str, dataset: str, size: int) -> CachedImages | None:
+    """The checked cache of ``dataset`` at ``size`` px, None when there is none; a damaged one is refused."""
     npy, index = paths.cache_files(root, dataset, size)
     if not (index.is_file() and npy.is_file()):
         return None
-    meta = read_json(index)
-    arr = np.load(npy, mmap_mode="r")
-    if meta.get("size") != size or arr.shape[0] != len(meta["paths"]) or arr.shape[1:] != (3, size, size):
-        return None
-    if len(meta.get("sha256") or []) != len(meta["paths"]):
-        raise UserError(
-            f"{index}: the image cache records no content digests (an older promptbias) — rebuild it: "
-            f"`promptbias cache {dataset}`"
+    try:
+        meta = read_json(index)
+    except (ValueError, UnicodeDecodeError):
+        raise _stale(index, dataset, "its index is not valid JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("npy"), dict) or "seal" not in meta:
+        raise _stale(index, dataset, "its index records no digest of the cache's bytes (an older promptbias)")
+    if meta["seal"] != _seal(meta):
+        raise _stale(
+            index, dataset, "the index was edited after the cache was built: it does not match its seal"
         )
-    return arr, {p: i for i, p in enumerate(meta["paths"])}, set(meta.get("skipped", [])), meta["sha256"]
+    if meta.get("dataset") != dataset or meta.get("size") != size:
+        raise _stale(
+            index,
+            dataset,
+            f"built for {meta.get('dataset')} at {meta.get('size')} px, not {dataset} at {size} px",
+        )
+    rec, count = meta["npy"], len(meta["paths"])
+    if not (
+        meta["count"] == count == len(meta["sha256"]) and len(rec["chunks"]) == -(-count // rec["chunk_rows"])
+    ):
+        raise _stale(index, dataset, "its index does not add up")
+    offset = _check_npy_header(npy, dataset, rec, (count, 3, size, size))
+    return CachedImages(
+        npy, dataset, size, offset, rec["chunk_rows"], rec["chunks"],
+        {p: i for i, p in enumerate(meta["paths"])}, set(meta["skipped"]), meta["sha256"],
+    )  # fmt: skip
+
+
+def _check_npy_header(npy: Path, dataset: str, rec: dict[str, Any], shape: tuple[int, ...]) -> int:
+    """The data offset of the .npy file, after checking its size, header digest and header contents."""
+    if npy.stat().st_size != rec["bytes"]:
+        raise _stale(npy, dataset, f"{npy.stat().st_size} bytes, {rec['bytes']} when it was built")
+    with open(npy, "rb") as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            got_shape, fortran, dtype = read[version](fh)
+        except (ValueError, KeyError):
+            got_shape, fortran, dtype = None, None, None
+        offset = fh.tell()
+        fh.seek(0)
+        header = fh.read(offset)
+    if hashlib.new(DIGEST, header).hexdigest() != rec["header"] or (got_shape, fortran, dtype) != (
+        shape,
+        False,
+        np.dtype(np.uint8),
+    ):
+        raise _stale(npy, dataset, "its header does not match the digest recorded when it was built")
+    return offset
 
 
 def _check_cached_rows(
@@ -215,12 +393,12 @@ def load_eval_images(
     bad: list[int] = []
     hit = _cache_lookup(root, dataset, image_size) if cache else None
     if hit is not None:
-        arr, row_of, cached_bad, recorded = hit
+        row_of, cached_bad = hit.row_of, hit.skipped
         rows = [(i, row_of[p]) for i, p in enumerate(rel) if p in row_of]
         if rows:
             dst, src = zip(*rows, strict=True)
-            _check_cached_rows(root, dataset, [rel[i] for i in dst], list(src), recorded, num_workers)
-            out[list(dst)] = arr[np.asarray(src)]
+            _check_cached_rows(root, dataset, [rel[i] for i in dst], list(src), hit.recorded, num_workers)
+            hit.read_into(out, dst, src, _workers(num_workers))
         for i in (i for i, p in enumerate(rel) if p in cached_bad):
             if not skip_bad:
                 raise UserError(
@@ -277,7 +455,7 @@ def load_train_images(
     images: list[torch.Tensor] = []
     labels: list[int] = []
     with ThreadPoolExecutor(_workers(num_workers)) as pool:
-        decoded = pool.map(lambda it: _train_one(folder / str(it[0]), max_side, skip_bad), items)
+        decoded = pool.map(lambda it: _train_one(image_path(folder, str(it[0])), max_side, skip_bad), items)
         for item, img in zip(items, decoded, strict=True):
             if img is None:
                 if skipped is not None:

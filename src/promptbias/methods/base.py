@@ -8,7 +8,11 @@
 
 A method's ``state_dict`` holds only its learnable tensors (the frozen CLIP is passed in, never
 stored). Files are safetensors with a JSON header (``promptbias`` metadata key) naming the method kind,
-its hyper-parameters and the backbone, so a file of the wrong method or shape fails with one line.
+its hyper-parameters, the backbone and the shape of every tensor. ``load`` accepts a file only when it
+holds exactly the tensor names, shapes and dtypes the rebuilt method declares, its header's shapes are
+those of its tensors and every value is finite (:func:`check_tensors`): a converted (int32, fp16),
+extended, truncated or edited file fails with one line naming the file, the tensor and the fix (retrain);
+nothing is ever cast.
 """
 
 from __future__ import annotations
@@ -169,18 +173,31 @@ class Method(nn.Module):
 
     @staticmethod
     def read_header(path: str | Path) -> dict[str, Any]:
+        """The ``promptbias`` header of a method file (kind, hparams, shapes, the job's record)."""
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
         except Exception as exc:  # safetensors raises its own error types
-            raise UserError(
-                f"{path}: not a readable safetensors file ({exc}) — rerun the training stage"
-            ) from None
+            raise UserError(f"{path}: not a readable safetensors file ({exc}) — {_retrain(path)}") from None
         if "promptbias" not in meta:
             raise UserError(f"{path}: no promptbias header — this is not a promptbias method file")
-        return json.loads(meta["promptbias"])
+        try:
+            header = json.loads(meta["promptbias"])
+        except ValueError:
+            header = None
+        if not (
+            isinstance(header, dict)
+            and isinstance(header.get("kind"), str)
+            and isinstance(header.get("hparams"), dict)
+            and isinstance(header.get("shapes"), dict)
+        ):
+            raise UserError(
+                f"{path}: damaged promptbias header (not a JSON object with kind, hparams and shapes) — "
+                f"{_retrain(path)}"
+            )
+        return header
 
     @classmethod
     def load(
@@ -191,6 +208,7 @@ class Method(nn.Module):
         template: str,
         expect_kind: str | None = None,
     ) -> Method:
+        """The method a file holds, refused unless its tensors are exactly what the method declares."""
         from safetensors.torch import load_file
 
         header = cls.read_header(path)
@@ -202,21 +220,54 @@ class Method(nn.Module):
             )
         method = build_method(kind, clip, classnames, template, **header["hparams"])
         state = load_file(str(path))
-        expected = {k: list(v.shape) for k, v in method.state_dict().items()}
-        got = {k: list(v.shape) for k, v in state.items()}
-        if expected != got:
-            raise UserError(
-                f"{path}: tensors {got} do not match {kind} on {clip.name} {expected} — "
-                "the file was trained for another backbone or configuration"
-            )
-        bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
-        if bad:
-            raise UserError(
-                f"{path}: tensor {bad[0]} holds NaN or infinite values — the file is damaged or came from a "
-                "diverged run that promptbias did not write; retrain"
-            )
+        check_tensors(path, state, method.state_dict(), header["shapes"], f"{kind} on {clip.name}")
         method.load_state_dict(state)
         return method.to(clip.device)
+
+
+def _retrain(path: str | Path) -> str:
+    """The fix for a damaged or foreign method file: train it again from scratch."""
+    return f"retrain: delete {Path(path).parent}/ and rerun the training stage"
+
+
+def check_tensors(
+    path: str | Path,
+    state: dict[str, torch.Tensor],
+    declared: dict[str, torch.Tensor],
+    recorded_shapes: dict[str, Any],
+    what: str,
+) -> None:
+    """UserError unless ``state`` has exactly the declared tensor names, shapes and dtypes, the header's
+    recorded shapes are those of the file's tensors, and every value is finite (nothing is ever cast)."""
+    for name in sorted(set(state) | set(declared) | set(recorded_shapes)):
+        if name not in state:
+            raise UserError(f"{path}: tensor {name!r} is missing ({what} declares it) — {_retrain(path)}")
+        if name not in declared:
+            raise UserError(f"{path}: tensor {name!r} is not one of {what}'s tensors — {_retrain(path)}")
+        got, want = state[name], declared[name]
+        if recorded_shapes.get(name) != list(got.shape):
+            raise UserError(
+                f"{path}: tensor {name!r} holds shape {list(got.shape)} and the header records "
+                f"{recorded_shapes.get(name)}: they do not match (the file was edited after training) — "
+                f"{_retrain(path)}"
+            )
+        if got.shape != want.shape:
+            raise UserError(
+                f"{path}: tensor {name!r} holds shape {list(got.shape)} and {what} declares "
+                f"{list(want.shape)}: they do not match (trained for another backbone or configuration) — "
+                f"{_retrain(path)}"
+            )
+        if got.dtype != want.dtype:
+            raise UserError(
+                f"{path}: tensor {name!r} is {str(got.dtype).removeprefix('torch.')}, {what} declares "
+                f"{str(want.dtype).removeprefix('torch.')} (the file was converted; promptbias never casts "
+                f"learned tensors) — {_retrain(path)}"
+            )
+        if not bool(torch.isfinite(got).all()):
+            raise UserError(
+                f"{path}: tensor {name!r} holds NaN or infinite values — the file is damaged or came from a "
+                f"diverged run that promptbias did not write; {_retrain(path)}"
+            )
 
 
 def normal_init(*shape: int, generator: torch.Generator | None = None) -> nn.Parameter:
