@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from promptbias import paths
-from promptbias.config import RunContext, method_trains
+from promptbias.config import SEED, RunContext, method_trains
 from promptbias.settings import Settings
 
 
@@ -190,16 +190,14 @@ def evaluate_run(cfg: dict[str, Any], job: Any, dataset: str, method_id: str, se
 @click.command("evaluate")
 @click.option("--dataset", required=True, help="Dataset name (see params sweep.datasets).")
 @click.option("--method", "method_id", required=True, help="zeroshot | prompt | bias | prompt-d<D>-n<N>.")
-@click.option("--seed", required=True, type=int, help="Few-shot split and training seed of the run.")
+@click.option("--seed", required=True, type=SEED, help="Few-shot split and training seed of the run.")
 @click.option("--device", default=None, help="Override device (auto | cpu | cuda).")
 @click.pass_obj
 def evaluate_command(ctx: RunContext, dataset: str, method_id: str, seed: int, device: str | None) -> None:
     """Top-1 (micro), macro and per-class accuracy on the full test split."""
     from promptbias.pipeline.bind import bind_job
 
-    cfg = ctx.config
-    if device is not None:
-        cfg["device"] = device
+    cfg = ctx.config_with({"device": ("--device", device)})  # validated like the params
     job = bind_job(ctx, cfg, "evaluate", {"dataset": dataset, "method": method_id, "seed": seed})
     m = evaluate_run(cfg, job, dataset, method_id, seed)
     click.echo(

@@ -13,7 +13,14 @@ protocol, :mod:`promptbias.protocols`) into ``runs/<ds>-base/…``; a novel view
 Outputs in ``runs/<ds>/<method>/seed<S>/``: ``params.safetensors`` (learned tensors, with the job's
 identity in the header), ``curve.csv`` (epoch, lr, loss, train accuracy: a DVC plot), ``train.json``
 (per-epoch loss/lr/accuracy, images/s, the job's params values and identity, provenance) and
-``dvclive/`` (live per-epoch logs, when the project is a DVC repository).
+``dvclive/`` (per-epoch DVCLive logs, when the project is a DVC repository).
+
+A failing job never touches a finished job's outputs: the command's options are validated with the params
+(:meth:`promptbias.config.RunContext.config_with`) and the inputs when they are loaded, all before anything
+is written; the outputs are replaced only once every epoch is done, each file atomically, and DVCLive
+writes into ``.dvclive.staging/`` beside ``dvclive/``, swapped into place whole with the other outputs
+(:class:`LiveLog`). A failure at any epoch leaves the earlier run's files byte for byte (plus, after a
+finished epoch, this job's ``checkpoint.pt`` to resume from).
 
 Resume: a checkpoint is written atomically after every epoch (``checkpoint.pt``: method, optimizer,
 epoch, history, identity) and removed when the job has written its outputs. A rerun resumes from it only
@@ -32,6 +39,8 @@ import contextlib
 import errno
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -43,7 +52,7 @@ import click
 
 from promptbias import paths, protocols
 from promptbias.checkpoint import TRAINED_IDENTITY, Checkpoint, job_identity
-from promptbias.config import RunContext
+from promptbias.config import SEED, RunContext
 from promptbias.errors import UserError
 from promptbias.settings import Settings
 
@@ -184,7 +193,7 @@ def train_run(
         with torch.no_grad(), autocast(clip.device, precision):
             fixed_text = method.text_features(clip.model)
 
-    live = _open_live(out / paths.LIVE_DIR, history)
+    live = LiveLog(out / paths.LIVE_DIR).open(history)  # the last step before the epochs: all is checked
     t_start = time.perf_counter()
     sigterm = sigterm or _SigtermFlag()
     try:
@@ -201,7 +210,7 @@ def train_run(
                 status = "diverged"
             else:
                 history.append(record)
-                _log_live(live, record)
+                live.log(record)
                 done_here = history[start_epoch:]
                 eta = (epochs - epoch - 1) * sum(h["seconds"] for h in done_here) / len(done_here)
                 click.echo(
@@ -211,15 +220,18 @@ def train_run(
             if sigterm.raised and epoch + 1 < epochs:
                 raise _Preempted
     except _Preempted:
+        live.discard()
         click.echo(f"preempted: checkpointed {out} after epoch {len(history)}; rerun to resume", err=True)
         sys.exit(PREEMPTED_EXIT_CODE)
-    finally:
-        if live is not None:
-            live.end()
+    except BaseException:
+        live.discard()  # the finished run's dvclive/ stays as it was
+        raise
+    live.end()
     # all epochs done: a SIGTERM from here on no longer stops the job (its outputs come next)
     trained = {k: identity[k] for k in TRAINED_IDENTITY}  # code-independent: refactors keep the bytes
     method.save(out / paths.PARAMS, identity=trained, status=status)
     write_curve(out / paths.CURVE, history)
+    live.publish()
     record = {
         "dataset": dataset,
         "method": method_id,
@@ -392,42 +404,102 @@ def _bar(total: int, desc: str, enabled: bool):
     return progress_bar(total, desc, "step", enabled=enabled and sys.stdout.isatty())
 
 
-def _open_live(directory: Path, history: list[dict[str, Any]]):
-    """DVCLive logger in the run's own folder (no DVC experiment, no dvc.yaml: parallel-safe).
+class LiveLog:
+    """DVCLive's logs of one run, written whole or not at all (like every other output of the job).
+
+        live = LiveLog(run_dir / "dvclive").open(history)   # into .dvclive.staging/, rebuilt from history
+        live.log(record)                                     # one epoch, one DVCLive step
+        live.publish()      # all epochs done: the staging folder replaces dvclive/ (crash-safe)
+        live.discard()      # the job failed: dvclive/ is left as it was
 
     Only inside a DVC repository: DVCLive would otherwise ``dvc init`` the enclosing git repository and
-    stage files there (a job never touches git). The folder is rebuilt from the checkpoint's ``history`` on
-    every start, so a run killed between an epoch's log and its checkpoint resumes with one row per epoch.
-    """
-    if not _inside_dvc_repo(Path.cwd()):
-        return None
-    from dvclive import Live
+    stage files there (a job never touches git); outside one every call does nothing. No DVC experiment
+    and no dvc.yaml (parallel-safe). The staging folder is rebuilt from the checkpoint's ``history`` on every
+    start, so a run killed between an epoch's log and its checkpoint resumes with one row per epoch.
 
-    with contextlib.redirect_stdout(sys.stderr):
-        live = Live(dir=str(directory), resume=False, save_dvc_exp=False, dvcyaml=False, report=None)
-    for record in history:
-        _log_live(live, record)
-    return live
+    The swap is two renames: ``dvclive/`` → ``.dvclive.old/``, staging → ``dvclive/``, then
+    ``.dvclive.old/`` is deleted. :meth:`recover` (at every open) finishes a swap a kill interrupted: with
+    ``dvclive/`` gone it puts ``.dvclive.old/`` back (the job had not finished: its checkpoint is still
+    there and the rerun publishes again), else it deletes ``.dvclive.old/``.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.staging = folder.with_name(f".{folder.name}.staging")
+        self.old = folder.with_name(f".{folder.name}.old")
+        self._live: Any = None
+        self._ended = False
+
+    def open(self, history: list[dict[str, Any]]) -> LiveLog:
+        if not _inside_dvc_repo(Path.cwd()):
+            return self
+        from dvclive import Live
+
+        self.recover()
+        shutil.rmtree(self.staging, ignore_errors=True)  # an interrupted attempt's: rebuilt from history
+        with contextlib.redirect_stdout(sys.stderr):
+            self._live = Live(
+                dir=str(self.staging), resume=False, save_dvc_exp=False, dvcyaml=False, report=None
+            )
+        for record in history:
+            self.log(record)
+        return self
+
+    def recover(self) -> None:
+        """Finish the swap of an earlier attempt that was killed between its renames."""
+        if not self.old.exists():
+            return
+        if self.folder.exists():
+            shutil.rmtree(self.old)
+        else:
+            os.replace(self.old, self.folder)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One epoch's record as one DVCLive step."""
+        if self._live is None:
+            return
+        for key in ("loss", "accuracy", "lr", "images_per_second"):
+            if record.get(key) is not None:
+                self._live.log_metric(f"train/{key}", record[key])
+        self._live.next_step()
+
+    def end(self) -> None:
+        if self._live is not None and not self._ended:
+            self._ended = True
+            with contextlib.redirect_stdout(sys.stderr):
+                self._live.end()
+
+    def publish(self) -> None:
+        """Put the complete logs in place of the previous ones."""
+        if self._live is None:
+            return
+        from promptbias.io import fault_point
+
+        self.end()
+        self.staging.mkdir(parents=True, exist_ok=True)  # no epoch logged (diverged at once): empty logs
+        if self.folder.exists():
+            os.replace(self.folder, self.old)
+            fault_point(f"{self.folder}.swap")  # tests: a kill between the two renames
+        os.replace(self.staging, self.folder)
+        shutil.rmtree(self.old, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Drop this attempt's logs (the job failed or was preempted): the published ones stay."""
+        if self._live is None:
+            return
+        with contextlib.suppress(Exception):
+            self.end()
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def _inside_dvc_repo(folder: Path) -> bool:
     return any((parent / ".dvc").is_dir() for parent in (folder, *folder.parents))
 
 
-def _log_live(live: Any, record: dict[str, Any]) -> None:
-    """One epoch's record as one DVCLive step."""
-    if live is None:
-        return
-    for key in ("loss", "accuracy", "lr", "images_per_second"):
-        if record.get(key) is not None:
-            live.log_metric(f"train/{key}", record[key])
-    live.next_step()
-
-
 @click.command("train")
 @click.option("--dataset", required=True, help="Dataset name (see params sweep.datasets).")
 @click.option("--method", "method_id", required=True, help="prompt | bias | prompt-d<D>-n<N>.")
-@click.option("--seed", required=True, type=int, help="Few-shot split and initialisation seed.")
+@click.option("--seed", required=True, type=SEED, help="Few-shot split and initialisation seed.")
 @click.option("--epochs", type=int, default=None, help="Override train.epochs.")
 @click.option("--batch-size", type=int, default=None, help="Override train.batch_size.")
 @click.option("--lr", type=float, default=None, help="Override the method's learning rate.")
@@ -444,18 +516,19 @@ def train_command(
     device: str | None,
 ) -> None:
     """Train one method on one dataset and seed (resumes from its checkpoint)."""
-    from promptbias.config import method_kind
+    from promptbias.config import method_kind, method_trains
     from promptbias.pipeline.bind import bind_job
 
-    cfg = ctx.config
-    if epochs is not None:
-        cfg["train"]["epochs"] = epochs
-    if batch_size is not None:
-        cfg["train"]["batch_size"] = batch_size
-    if lr is not None:
-        cfg["methods"][method_kind(method_id)]["lr"] = lr
-    if device is not None:
-        cfg["device"] = device
+    # the options go through the params validation (NaN, a negative lr, zero epochs or batch: one line)
+    lr_given = lr if method_trains(method_id) else None  # zero-shot: train_run says it needs no training
+    cfg = ctx.config_with(
+        {
+            "train.epochs": ("--epochs", epochs),
+            "train.batch_size": ("--batch-size", batch_size),
+            f"methods.{method_kind(method_id)}.lr": ("--lr", lr_given),
+            "device": ("--device", device),
+        }
+    )
     job = bind_job(ctx, cfg, "train", {"dataset": dataset, "method": method_id, "seed": seed})
     try:
         with _SigtermFlag() as sigterm:  # for the whole job: a late SIGTERM never fails a finished job

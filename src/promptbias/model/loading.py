@@ -22,6 +22,8 @@ import contextlib
 import functools
 import logging
 import os
+import pickle
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -97,11 +99,17 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                 f"(known: {', '.join(tags) or 'none'}) nor a weights file — fix the tag or give a path"
             )
     try:
-        with _quiet_random_init(pretrained):
+        with _quiet_random_init(pretrained), _quiet_pickle_protocol():
             model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except Exception as exc:  # open_clip signals a mismatched file with RuntimeError/AssertionError/KeyError
         if pretrained is None or not _is_weights_file(pretrained):
             raise
+        if isinstance(exc, pickle.UnpicklingError):  # torch.load(weights_only=True) refused the pickle
+            raise UserError(
+                f"model.pretrained: {pretrained} is not a weights file torch can load safely (weights_only: "
+                "it pickles objects other than tensors, so it was not loaded) — give a .safetensors file, "
+                "or a state dict saved with torch.save(model.state_dict(), path), or an open_clip tag"
+            ) from None
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise UserError(
             f"model.pretrained: {pretrained} does not match the architecture of {name} ({first_line}) "
@@ -141,6 +149,14 @@ def _quiet_random_init(pretrained: str | None) -> Iterator[None]:
         yield
     finally:
         root.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def _quiet_pickle_protocol() -> Iterator[None]:
+    """Silence torch's "Detected pickle protocol …" warning: a file it refuses gets one error line instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 def _is_weights_file(pretrained: str) -> bool:
