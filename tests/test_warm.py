@@ -250,3 +250,87 @@ def test_a_dead_server_takes_its_children_down_and_their_jobs_fail_in_one_line(b
     assert job.returncode == 1 and err.strip().splitlines() == [
         "error: the warm promptbias server stopped during this job — run it again"
     ]
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """``signum`` is pending (sent, blocked, not yet delivered) in process ``pid`` (Linux /proc)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return bool(pending & (1 << (signum - 1)))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_sent_before_the_child_has_its_handlers_is_not_lost(base, server, tmp_path, signum):
+    """The window between the fork and the child's own handlers (a child inherits the server's: SIGINT
+    ignored, SIGTERM = stop the server): widest on a loaded box, where a Ctrl-C right after a job's start
+    used to be lost and the job ran on. The gate (``PROMPTBIAS_WARM_GATE``) holds the child in that
+    window; the signal must wait there, pending, and end the job once the child is ready."""
+    path, _ = server
+    gate = tmp_path / "gate"
+    env = _env(**{warm.ENV: path, "PROMPTBIAS_WARM_GATE": str(gate)})  # (warm.GATE_ENV)
+    proc = subprocess.Popen(
+        _cmd(base, *TRAIN), cwd=base.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    _started.append((proc, gate))
+    assert wait_for(gate.exists, proc), proc.communicate()
+    child = int(gate.read_text())
+    proc.send_signal(signum)  # to the client, which forwards it to the child
+    assert wait_for(lambda: _pending(child, signum), proc, timeout=120)  # forwarded, held until ready
+    (tmp_path / "gate.go").touch()
+    proc.communicate(timeout=600)
+    assert proc.returncode in (-signum, 128 + signum), proc.returncode  # ended by the signal, not run on
+    assert wait_for(lambda: _gone(child), timeout=60)
+    assert not (base.path / "runs/demo_shapes/bias/seed1/params.safetensors").exists()
+
+
+def test_an_interrupt_reaches_a_warm_pretrain_demo_mid_loop(base, server, tmp_path):
+    """pretrain-demo held at its second optimiser step in the warm child; a SIGINT to its client ends it
+    as it ends a cold one: "aborted", exit 130, no weights written."""
+    path, _ = server
+    clip = tmp_path / "clip"
+    args = (
+        "--set", "demo.pretrain_steps=4", "--set", "demo.batch_size=8", "--set", "demo.warmup_steps=1",
+        "--set", f"demo.clip_dir={clip}", "--set", "demo.eval_datasets=[demo_shapes]", "pretrain-demo",
+    )  # fmt: skip
+    ended = {}
+    for name, sock in (("cold", None), ("hot", path)):
+        mark = tmp_path / f"{name}.mark"
+        proc = _popen(base, *args, socket=sock, mark=mark, fault=f"{clip}/pretrain.step2.:hold")
+        child = _held_pid(proc, mark)
+        assert (child != proc.pid) == (sock is not None)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=600)
+        ended[name] = (proc.returncode, err.strip().splitlines()[-1:])
+        assert wait_for(lambda child=child: _gone(child), timeout=60)
+        assert not (clip / "open_clip_model.safetensors").exists()
+    assert ended["hot"] == ended["cold"] == (130, ["aborted"])
+
+
+_STUCK_IN_C = """
+import ctypes, os, sys
+from pathlib import Path
+from promptbias.interrupts import interruptible
+libc = ctypes.CDLL(None)
+mutex = ctypes.create_string_buffer(64)  # all zeros: PTHREAD_MUTEX_INITIALIZER, a normal mutex
+libc.pthread_mutex_lock(mutex)
+with interruptible():
+    Path(sys.argv[1]).write_text(str(os.getpid()))
+    libc.pthread_mutex_lock(mutex)  # locked twice: blocks in C for good, as torch's backward does for a while
+"""
+
+
+def test_an_interrupt_ends_a_job_stuck_in_a_c_call(tmp_path):
+    """The cause of a warm (or cold) pretrain-demo shrugging off a Ctrl-C on a loaded box: Python runs its
+    SIGINT handler only between bytecodes, and one ``loss.backward()`` is a single C++ call that took up to
+    a minute there. ``interruptible()`` ends the process from a watcher thread instead: "aborted", 130."""
+    mark = tmp_path / "mark"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_IN_C, str(mark)], env=_env(), stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    _started.append((proc, mark))
+    assert wait_for(mark.exists, proc), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)  # (a safety net: without the watcher it never ends)
+    assert (proc.returncode, err.strip().splitlines()) == (130, ["aborted"])

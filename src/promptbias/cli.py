@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     delegate(argv)  # with a warm server (PROMPTBIAS_WARM): run there and exit; else run here
     debug = "--debug" in argv
     try:
-        cli.main(args=argv, prog_name="promptbias", standalone_mode=False)
+        _run(argv)
     except UserError as exc:
         if debug:
             raise
@@ -148,6 +148,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+def _run(argv: list[str]) -> None:
+    """The command; the job locks it took (promptbias.joblock) are released when it ends."""
+    from promptbias.joblock import release_all
+
+    try:
+        cli.main(args=argv, prog_name="promptbias", standalone_mode=False)
+    finally:
+        release_all()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from typing import Any
 
 import click
 
+from promptbias.joblock import JOB_PID_ENV  # the client's pid, in its child's environment
+
 ENV = "PROMPTBIAS_WARM"
 # commands worth a warm start (the others are light or spawn engines themselves)
 WARM_COMMANDS = frozenset(
@@ -45,6 +47,7 @@ WARM_COMMANDS = frozenset(
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _HEADER = struct.Struct("!I")  # the request's JSON length, sent with the three stdio descriptors
 _in_child = False  # set in a forked child: its own main() must not hand the job on again
+GATE_ENV = "PROMPTBIAS_WARM_GATE"  # tests only: a child waits at its start for <path>.go (see _gate)
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -58,33 +61,51 @@ def delegate(argv: list[str]) -> None:
         conn.connect(path)
     except OSError:
         return  # no server (not started yet, gone, or on another node): run cold
+    # a signal that arrives before the forwarders are in place waits (pending) instead of being lost
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    try:
+        reader = _hand_over(conn, argv)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a pending one is forwarded (or handled) here
     with conn:
-        request = json.dumps(
-            {
-                "argv": argv,
-                "cwd": os.getcwd(),
-                "env": dict(os.environ),
-                "fingerprint": fingerprint(),
-                "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
-            }
-        ).encode()
-        try:
-            socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
-            conn.sendall(request)
-            reader = conn.makefile("r")
-            reply = json.loads(reader.readline() or "{}")
-        except (OSError, ValueError):
-            return  # the server went away before taking the job: nothing ran
-        if "pid" not in reply:
-            return  # stale server: run cold
-        child = int(reply["pid"])
-        for sig in FORWARDED:
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, lambda signum, _frame: _kill(child, signum))
+        if reader is None:
+            return  # not taken (a stale server, or one that went away): run cold
         try:
             done = json.loads(reader.readline() or "{}")
         except (OSError, ValueError):
             done = {}
+    _end_like(done)
+
+
+def _hand_over(conn: socket.socket, argv: list[str]) -> Any:
+    """Send the job; the reply reader once the child runs and the forwarders are installed, else None."""
+    request = json.dumps(
+        {
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "env": {**os.environ, JOB_PID_ENV: str(os.getpid())},
+            "fingerprint": fingerprint(),
+            "sigint_ignored": signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+        }
+    ).encode()
+    try:
+        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+        conn.sendall(request)
+        reader = conn.makefile("r")
+        reply = json.loads(reader.readline() or "{}")
+    except (OSError, ValueError):
+        return None  # the server went away before taking the job: nothing ran
+    if "pid" not in reply:
+        return None  # stale server: run cold
+    child = int(reply["pid"])
+    for sig in FORWARDED:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, _frame: _kill(child, signum))
+    return reader
+
+
+def _end_like(done: dict[str, Any]) -> None:
+    """Exit as the child ended, so the engine sees the same."""
     if "signal" in done:
         signum = int(done["signal"])
         if signum not in (signal.SIGKILL, signal.SIGSTOP):  # (those two have no handler to reset)
@@ -213,7 +234,12 @@ def _start(
         return None
     sys.stdout.flush()
     sys.stderr.flush()
+    # the child starts with the server's handlers (SIGINT ignored, SIGTERM = stop the server): a signal
+    # forwarded to it before _run_child resets them would be lost, so they stay blocked (pending) till then
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if pid == 0:  # the child: never returns
         listener.close()
         sel.close()
@@ -253,7 +279,9 @@ def _run_child(request: dict[str, Any], fds: list[int]) -> None:
         sys.argv = ["promptbias", *request["argv"]]
         from promptbias.cli import main
 
+        _gate(request["env"].get(GATE_ENV))
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # a signal sent meanwhile lands here
             main(request["argv"])
             code = 0
         except SystemExit as exc:
@@ -272,6 +300,20 @@ def _run_child(request: dict[str, Any], fds: list[int]) -> None:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         os._exit(code)
+
+
+def _gate(path: str | None) -> None:
+    """Tests only (``PROMPTBIAS_WARM_GATE``): write this child's pid to ``path`` and wait for ``path.go``,
+    with the job's signals still blocked, so a test can signal the job in the window between the fork and
+    the child's own handlers — whatever the machine's load — and check the signal is not lost."""
+    if not path:
+        return
+    gate = Path(path)
+    gate.with_name(gate.name + ".tmp").write_text(f"{os.getpid()}\n")
+    os.replace(gate.with_name(gate.name + ".tmp"), gate)
+    go = gate.with_name(gate.name + ".go")
+    while not go.exists():
+        time.sleep(0.01)  # (a barrier on a file the test creates, not a timer)
 
 
 def _die_with_server() -> None:

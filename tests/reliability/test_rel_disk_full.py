@@ -141,3 +141,72 @@ def test_real_full_file_system_while_caching(
     assert code == 2, err
     _disk_full_line(err, "images_32.npy")
     assert not list(tiny_fs.rglob("*.npy")) and not list(tiny_fs.rglob(".*"))  # the temporary is gone
+
+
+# ----------------------------------------------------------- aggregate, probe and render writes (issue 27)
+PROBE = ["probe", "attention_stats", "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "1"]
+
+
+def _exit_of(ws: Workspace, capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """The console entry in-process: (exit code, stderr), a command that returns normally included."""
+    from promptbias.cli import main
+
+    capfd.readouterr()
+    old = os.getcwd()
+    os.chdir(ws.path)
+    try:
+        main(["--params", str(ws.params), *args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        os.chdir(old)
+    return code, capfd.readouterr().err
+
+
+def _no_temps(root: Path, folder: str) -> None:
+    base = root / folder
+    left = [p for p in base.rglob("*") if is_atomic_temp(p)] if base.exists() else []
+    assert not left, left
+
+
+@pytest.mark.parametrize(
+    ("case", "target", "args", "folder"),
+    [
+        ("aggregate", "metrics/summary", ["aggregate"], "metrics"),
+        ("probe", "attention_stats", PROBE, "probes"),
+        ("render", "results/", ["render"], "results"),
+    ],
+)
+def test_disk_full_while_aggregating_probing_or_rendering(
+    base_ws: Workspace,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    fault: object,
+    case: str,
+    target: str,
+    args: list[str],
+    folder: str,
+) -> None:
+    """Exit 2, one stderr line, no temporary and no half-written output; the rerun completes and writes
+    what a run on a disk with space writes."""
+    ws = base_ws.copy(tmp_path / case)
+    straight = base_ws.copy(tmp_path / f"{case}-straight")
+    for w in (ws, straight):
+        w.cli("evaluate", "--dataset", "demo_shapes", "--method", "zeroshot", "--seed", "1")
+    code, err = _exit_of(straight, capfd, *args)
+    assert code == 0, err
+    fault(f"{target}:enospc")
+    code, err = _exit_of(ws, capfd, *args)
+    assert code == 2, err
+    _disk_full_line(err, target)
+    _no_temps(ws.path, folder)
+    assert_outputs_parse(ws.path, (folder,) if folder != "results" else ())
+    fault(None)
+    code, err = _exit_of(ws, capfd, *args)
+    assert code == 0, err
+    written = sorted(p.relative_to(ws.path) for p in (ws.path / folder).rglob("*") if p.is_file())
+    assert written == sorted(
+        p.relative_to(straight.path) for p in (straight.path / folder).rglob("*") if p.is_file()
+    )
+    _no_temps(ws.path, folder)

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from promptbias import paths
 from promptbias.config import RunContext
 from promptbias.errors import UserError
-from promptbias.io import atomic_path, provenance, write_json
+from promptbias.interrupts import interruptible
+from promptbias.io import atomic_path, fault_point, provenance, write_json
 from promptbias.settings import DemoSettings, Settings
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -148,6 +149,7 @@ def pretrain(
     t1 = time.perf_counter()
     bar = track(range(steps), desc="pretrain demo CLIP", unit="step", enabled=show_progress is not False)
     for step in bar:
+        fault_point(f"{settings.clip_dir}/pretrain.step{step + 1}.")  # tests: hold or kill at a step
         # texture batches phase in over the first half: colour and objects are learned first
         share = settings.texture_batch_share * min(1.0, 2 * step / steps)
         if float(torch.rand(1, generator=gen)) < share and len(bare) >= batch:
@@ -310,11 +312,17 @@ def evaluate_demo(clip: Any, settings: DemoSettings) -> dict[str, Any]:
 @click.pass_obj
 def pretrain_demo(ctx: RunContext) -> None:
     """Pretrain the demo CLIP on the demo world's caption corpus (CPU, a few minutes)."""
-    from promptbias.model import load_clip
     from promptbias.pipeline.bind import bind_job
 
     job = bind_job(ctx, ctx.config, "pretrain-demo")
     settings = demo_settings(ctx.config)
+    with interruptible():  # a Ctrl-C ends it even inside loss.backward() (outputs are atomic)
+        _pretrain_demo(job, settings)
+
+
+def _pretrain_demo(job: Any, settings: DemoSettings) -> None:
+    from promptbias.model import load_clip
+
     out_dir = Path(settings.clip_dir)
     t0 = time.perf_counter()
     model, record = pretrain(settings)
