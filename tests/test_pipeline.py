@@ -226,6 +226,8 @@ def test_snakemake_and_dvc_plan_the_same_jobs(tmp_path, configfiles):
     if configfiles:  # the dvc.yaml of this layering, as a user would generate it
         run(["promptbias", *(a for f in files for a in ("--params", f)), "dvc-yaml"], proj)
     stages = dvc_stages(proj / "dvc.yaml")
+    check = stages.pop("check-dvc-yaml")  # DVC's own first stage: dvc.yaml against the layer files
+    assert check == {"cmd": "promptbias dvc-yaml --check", "deps": list(files), "outs": [], "params": []}
     cfg = load_params([str(proj / f) for f in files])
     sm = snakemake_jobs(proj, "all", configfiles)
     # the same arguments; Snakemake names its config files, DVC's bare command takes dvc.yaml's layering
@@ -281,7 +283,7 @@ def test_dvc_repro_dry_in_a_git_dvc_repo(tmp_path):
     res = run(["dvc", "repro", "--dry", "--force"], repo, timeout=900)
     ran = re.findall(r"Running stage '([^']+)'", res.stdout)
     assert len(ran) == len(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-    assert ran[0].startswith("fetch-") and ran[-1] == "render"
+    assert ran[0] == "check-dvc-yaml" and ran[1].startswith("fetch-") and ran[-1] == "render"
 
 
 # ------------------------------------------------------------------------------- base-to-novel
@@ -386,7 +388,7 @@ def test_base2novel_jobs_read_the_base_run_and_their_datasets_files(tmp_path):
     changed = {n for n in plain if (plain[n].args, plain[n].deps, plain[n].outs, plain[n].params)
                != (both[n].args, both[n].deps, both[n].outs, both[n].params)}  # fmt: skip
     assert changed == {"aggregate", "render"}  # they read `protocols` now (and render writes its tables)
-    assert "protocols" in both["aggregate"].params and "protocols" not in plain["aggregate"].params
+    assert all("protocols" in jobs["aggregate"].params for jobs in (plain, both))  # read either way
 
 
 def test_a_transfer_reads_the_sources_run_and_the_targets_files(tmp_path):

@@ -15,13 +15,19 @@ from tests.workspace import Workspace
 ANSI = re.compile(r"\x1b\[")
 # tqdm's meter without the bar: "<desc>: <pct>% <n>/<total> [<elapsed><<remaining>, <rate>]"
 METER = re.compile(
-    r"^(?P<desc>.+): +\d+% (?P<n>\S+)/(?P<total>\S+) \[\d\d:\d\d<[^,]+, +(?P<rate>\S+/s|\S+s/\S+)"
+    r"^(?P<desc>.+): +\d+% (?P<n>\S+)/(?P<total>\S+) \[\d\d:\d\d<[^,]+, +(?P<rate>[^\s,\]]+/[^\s,\]]+)[,\]]"
 )
 
 
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+def _rate_in(rate: str, unit: str) -> bool:
+    """A meter's rate names ``unit``: tqdm writes ``<n><unit>/s``, or ``<n>s/<unit>`` once a step takes over a
+    second (a slow or loaded machine), so a test asserting the unit must accept both forms."""
+    return rate.endswith(f"{unit}/s") or rate.endswith(f"s/{unit}")
 
 
 def _plain_lines(text: str) -> list[str]:
@@ -41,7 +47,7 @@ def test_a_log_stream_gets_plain_lines_and_a_final_summary():
     assert all(meters), lines
     assert all(m["desc"] == "decode demo" for m in meters)
     final = meters[-1]
-    assert (final["n"], final["total"]) == ("5", "5") and final["rate"].endswith("img/s")
+    assert (final["n"], final["total"]) == ("5", "5") and _rate_in(final["rate"], "img")
 
 
 def test_the_interval_bounds_the_lines_to_the_final_one():
@@ -69,7 +75,7 @@ def test_a_download_shows_unit_scaled_bytes_per_attempt(server, tmp_path, capsys
     cut, resumed = (METER.match(line) for line in _plain_lines(capsys.readouterr().out))
     assert (cut["desc"], cut["total"]) == ("f.bin", "3.07M") and cut["n"] != cut["total"]  # how much: timing
     assert (resumed["desc"], resumed["n"], resumed["total"]) == ("f.bin", "3.07M", "3.07M")
-    assert resumed["rate"].endswith("B/s")
+    assert _rate_in(resumed["rate"], "B")
 
 
 def test_a_terminal_gets_a_bar():
@@ -96,6 +102,37 @@ def test_the_interval_comes_from_the_environment(monkeypatch):
         log_interval()
 
 
+class _Clock:
+    """A stand-in for tqdm's clock: time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("seconds_per_step", "rate"), [(0.25, r"4\.00step/s"), (2.5, r"2\.50s/step")])
+def test_lines_follow_the_clock_not_the_speed_of_the_machine(monkeypatch, seconds_per_step, rate):
+    """The periodic lines and the final rate depend on the clock only: a fast and a slow machine (or a loaded
+    one, where one step takes seconds and tqdm writes ``s/step``) give the same lines for the same clock."""
+    import tqdm.std
+
+    clock = _Clock()
+    monkeypatch.setattr(tqdm.std, "time", clock)
+    log = io.StringIO()
+    bar = track(range(8), desc="train", unit="step", interval=4 * seconds_per_step, file=log)
+    for _ in bar:
+        clock.now += seconds_per_step
+    lines = _plain_lines(log.getvalue())
+    meters = [METER.match(line) for line in lines]
+    assert all(meters), lines
+    # a line when 4 steps' time has passed since the last (steps 4 and 8 are reached only after the body
+    # of step 4/8 ran, so the counts are the ones seen at the next update), then the final line
+    assert [m["n"] for m in meters] == ["4", "8", "8"], lines
+    assert re.fullmatch(rate, meters[-1]["rate"]) and _rate_in(meters[-1]["rate"], "step"), lines
+
+
 # ------------------------------------------------------------------------------- real commands
 
 
@@ -113,15 +150,15 @@ def test_cache_prints_progress_lines_to_stdout_and_writes_the_same_bytes(workspa
     ws = workspace.copy(tmp_path / "cache")
     cache = ws.path / "data" / "cache" / "demo_shapes"
     quiet = ws.run("cache", "demo_shapes", env_extra={"PROMPTBIAS_PROGRESS": "0"})
-    assert quiet.returncode == 0 and quiet.stdout == "", quiet.stderr
+    assert quiet.returncode == 0 and quiet.stdout.startswith("ok: ") and quiet.stderr == "", quiet.stderr
     before = {p.name: p.read_bytes() for p in sorted(cache.iterdir())}
     res = ws.run("cache", "demo_shapes", env_extra={"PROMPTBIAS_PROGRESS_INTERVAL": "0"})
     assert res.returncode == 0, res.stderr
     lines = _progress_lines(res.stdout, "decode demo_shapes")
-    assert len(lines) >= 2 and lines == _plain_lines(res.stdout), res.stdout  # stdout: progress only
+    assert len(lines) >= 2 and lines == _plain_lines(res.stdout)[:-1], res.stdout  # stdout: progress, then ok
     final = METER.match(lines[-1])
     assert final["n"] == final["total"] and int(final["n"]) > 0
-    assert res.stderr.startswith("ok: ") and "decode" not in res.stderr  # stderr: no progress
+    assert _plain_lines(res.stdout)[-1].startswith("ok: ") and res.stderr == ""  # stderr: nothing on success
     assert {p.name: p.read_bytes() for p in sorted(cache.iterdir())} == before
 
 
@@ -147,7 +184,8 @@ def test_probe_prints_progress_lines_to_stdout(workspace, tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     (line,) = _progress_lines(res.stdout, "probe demo_shapes/zeroshot/seed1")
-    assert (METER.match(line)["n"], METER.match(line)["total"]) == ("1", "1") and "probe/s" in line
+    meter = METER.match(line)
+    assert (meter["n"], meter["total"]) == ("1", "1") and _rate_in(meter["rate"], "probe"), line
 
 
 def test_pretraining_prints_progress_lines_and_learns_the_same(capsys, monkeypatch):

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 DEMO_FILES = ("params.yaml", "config/demo.yaml", "config/demo-fast.yaml")  # the CI-sized demo
 CONFIGFILES = ["--configfile", "config/demo.yaml", "config/demo-fast.yaml"]
 BIAS_LR = ("config/demo.yaml", "methods.bias.lr")  # a key that a layered file sets
+CHECK = "check-dvc-yaml"  # dvc.yaml's first stage: reruns (and passes) after any edit of a layer file
 TIMING = {
     "seconds",
     "images_per_second",
@@ -168,7 +169,7 @@ def driver_repo(tmp_path_factory):
     res = run(
         ["promptbias", "run", "--gpus", "0", "--cores", "2"], repo, timeout=1800
     )  # layering from dvc.yaml
-    assert "DAG up to date" in res.stderr
+    assert "DAG up to date" in res.stdout
     assert not run(["git", "diff", "--cached", "--name-only"], repo).stdout.strip()  # no job staged anything
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "results"], repo)
@@ -216,10 +217,10 @@ def test_readme_dvc_walkthrough_reruns_exactly_the_edited_stages_and_the_records
     assert expected == {
         f"{s}-{d}-bias-s1" for s in ("train", "evaluate", "probe") for d in ("demo_shapes", "demo_aerial")
     }
-    assert set(re.findall(r"^(\S+):$", statuses[1], flags=re.M)) == expected  # stale: exactly those
+    assert set(re.findall(r"^(\S+):$", statuses[1], flags=re.M)) == expected | {CHECK}  # stale: exactly those
     assert states["after_repro"] == expected | {"aggregate", "render"}  # what reran: those and below
     ran = set(re.findall(r"Running stage '([^']+)'", out["dvc repro"][1]))
-    assert ran == expected | {"aggregate", "render"}
+    assert ran == expected | {"aggregate", "render", CHECK}
     params_diff = out["dvc params diff"][0]
     assert re.search(r"config/demo\.yaml\s+methods\.bias\.lr\s+3\.0\s+2\.0", params_diff), params_diff
     metrics_diff = out["dvc metrics diff"][0]
@@ -267,9 +268,9 @@ def test_readme_dvc_experiments_dry_run_workspace_queue_show_apply(walkthrough, 
         if line.startswith("dvc exp run --dry"):
             assert _snapshot(repo) == files  # a dry run writes nothing in the workspace
     dry = out["dry"].stdout + out["dry"].stderr
-    assert set(re.findall(r"Running stage '([^']+)'", dry)) == expected  # exactly bias's stages would run
+    assert set(re.findall(r"Running stage '([^']+)'", dry)) == expected | {CHECK}  # bias's stages would run
     ran = set(re.findall(r"Running stage '([^']+)'", out["n"].stdout + out["n"].stderr))
-    assert ran == expected | {"aggregate", "render"}
+    assert ran == expected | {"aggregate", "render", CHECK}
     table = [line.split("|")[1:-1] for line in out["show"].stdout.splitlines() if line.startswith("|")]
     header, rows = [c.strip() for c in table[0]], {r[0].strip(): [c.strip() for c in r] for r in table[2:]}
     lr = header.index(f"{BIAS_LR[0]}:{BIAS_LR[1]}")
@@ -298,7 +299,11 @@ def test_a_stale_dvc_yaml_stops_a_forced_stage_in_one_line(walkthrough, tmp_path
     repo = tmp_path / "repo"
     shutil.copytree(walkthrough["repo"], repo, symlinks=True)
     _set_yaml(repo / "config/demo-fast.yaml", "methods.bias.lr", 0.5)  # dvc.yaml tracks it in demo.yaml
-    assert "up to date" in run(["dvc", "status"], repo).stdout
+    status = run(["dvc", "status"], repo).stdout
+    assert set(re.findall(r"^(\S+):$", status, flags=re.M)) == {CHECK}, status  # not "up to date"
+    plain = run(["dvc", "repro"], repo, check=False)  # stops at the check, before any stage runs
+    assert plain.returncode != 0 and "Running stage 'train-" not in plain.stdout + plain.stderr
+    assert "dvc.yaml is stale" in plain.stdout + plain.stderr
     res = run(["dvc", "repro", "-f", "-s", "train-demo_shapes-bias-s1"], repo, check=False)
     assert res.returncode != 0
     errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
@@ -317,7 +322,7 @@ def test_a_stale_dvc_yaml_stops_a_forced_stage_in_one_line(walkthrough, tmp_path
         ["promptbias", *(a for f in (*DEMO_FILES, "config/extra.yaml") for a in ("--params", f)), "dvc-yaml"],
         repo,
     )
-    stale = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+    stale = set(json.loads(run(["dvc", "status", "--json"], repo).stdout)) - {CHECK}
     files = (*DEMO_FILES, "config/extra.yaml")
     assert (
         stale
@@ -354,7 +359,7 @@ def test_run_driver_reruns_exactly_the_edited_stages_dry_runs_write_nothing_and_
     _set_yaml(repo / BIAS_LR[0], BIAS_LR[1], 2.0)
     files = _snapshot(repo)
     dry = run(["promptbias", "run", "--gpus", "0", "-n"], repo)
-    assert "DVC finds 6 stale stage(s)" in dry.stderr and "nothing was written" in dry.stderr
+    assert "DVC finds 6 stale stage(s)" in dry.stdout and "nothing was written" in dry.stdout
     assert _snapshot(repo) == files  # a dry run changes nothing
     before = _mtimes(repo)
     run(["promptbias", "run", "--gpus", "0", "--cores", "2"], repo, timeout=1800)

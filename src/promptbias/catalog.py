@@ -49,6 +49,7 @@ class ProbeInfo:
     params: tuple[str, ...] = ()  # params keys it reads beyond the common probes.* ones
     common: tuple[str, ...] = field(default=("probes.max_images", "probes.sample_seed", "probes.batch_size"))
     summary: str = ""  # one line for `promptbias probe --help`
+    zeroshot_params: tuple[str, ...] = ()  # keys it reads for a zero-shot run only (no learned tensors)
 
 
 METHOD_INFO: dict[str, MethodInfo] = {}
@@ -164,7 +165,7 @@ for _name, _arrays, _params, _summary in (
     (
         "relevancy",
         False,
-        ("probes.start_layer", "probes.relevancy_template"),
+        ("probes.start_layer",),
         "gradient-weighted attention relevancy of CLS / EOS (Figs. 2-3)",
     ),
     ("attention_stats", False, (), "attention shares of SOS, prompts, category and EOS tokens (Fig. 4)"),
@@ -180,6 +181,12 @@ for _name, _arrays, _params, _summary in (
 ):
     register_probe_info(
         ProbeInfo(
-            _name, f"promptbias.probes.{_name}", writes_arrays=_arrays, params=_params, summary=_summary
+            _name,
+            f"promptbias.probes.{_name}",
+            writes_arrays=_arrays,
+            params=_params,
+            # the zero-shot captions of the relevancy probe; a learned method keeps the captions it trained with
+            zeroshot_params=("probes.relevancy_template",) if _name == "relevancy" else (),
+            summary=_summary,
         )
     )

@@ -196,15 +196,45 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
-    """The current commit of the working tree, or None outside git."""
+GIT_CHANGED_MAX = 20  # the changed tracked files a record lists (git_changed_count says how many there are)
+
+
+def _git(args: list[str], cwd: str | os.PathLike | None) -> str | None:
+    """``git <args>`` stdout, or None outside git / when git fails (no index lock taken: a record never
+    blocks a concurrent ``git commit``)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False, env=env
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
+    """The current commit of the working tree, or None outside git."""
+    out = _git(["rev-parse", "HEAD"], cwd)
+    return (out or "").strip() or None
+
+
+def git_changes(cwd: str | os.PathLike | None = None) -> list[str] | None:
+    """The tracked files whose working-tree or staged content differs from HEAD (sorted), or None
+    outside git. Untracked and ignored files (DVC outputs, data) do not count."""
+    out = _git(["status", "--porcelain=v1", "-z", "--untracked-files=no"], cwd)
+    if out is None:
+        return None
+    entries, changed = out.split("\0"), []
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        if len(entry) > 3:
+            changed.append(entry[3:])
+            if entry[0] in "RC":  # a rename/copy: the next entry is the source path
+                changed.append(entries[i + 1])
+                i += 1
+        i += 1
+    return sorted(set(changed))
 
 
 def package_versions() -> dict[str, str]:
@@ -219,10 +249,19 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance() -> dict[str, Any]:
-    """A snapshot saved next to every output: when, where, which code."""
+    """A snapshot saved next to every output: when, where, which code.
+
+    ``git_sha`` is HEAD; ``git_dirty`` says whether tracked files differ from it (an uncommitted params
+    edit, say), ``git_changed`` names the first :data:`GIT_CHANGED_MAX` of them and ``git_changed_count``
+    how many there are (all three None outside git).
+    """
+    sha, changed = git_sha(), git_changes()
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "git_sha": git_sha(),
+        "git_sha": sha,
+        "git_dirty": None if changed is None or sha is None else bool(changed),
+        "git_changed": None if changed is None or sha is None else changed[:GIT_CHANGED_MAX],
+        "git_changed_count": None if changed is None or sha is None else len(changed),
         "versions": package_versions(),
     }

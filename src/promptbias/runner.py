@@ -6,16 +6,22 @@
     promptbias run --gpus 4 --force 'train-eurosat-*'         # rerun these stages too (code changed)
     promptbias run --gpus 4 -- --profile workflow/profiles/slurm   # extra arguments go to snakemake
 
-Snakemake keeps its provenance in ``.snakemake/`` (not in git) and decides on file times, which mean
-nothing after a clone, a checkout or a ``dvc pull``; DVC compares content with the committed
+Snakemake keeps its provenance in ``.snakemake/`` (not in git) and decides partly on file times (an
+input newer than its output, unless it is at most 1 MB and its recorded checksum is unchanged), which
+mean nothing after a clone, a checkout or a ``dvc pull``; DVC compares content with the committed
 ``dvc.lock``. So the driver, after checking once that ``dvc.yaml`` is what the stage spec generates for
-these params files, repeats until ``dvc status`` is clean:
+these params files, repeats until ``dvc status`` is clean (``check-dvc-yaml``, stale after any edit of a
+params file, is committed without running: that check has just passed):
 
 1. ``dvc status --json``: the stale stages; of those, the ones with no stale stage upstream (the frontier);
 2. Snakemake runs exactly the frontier's jobs (``--forcerun`` on their outputs, ``--rerun-triggers
    input``: no decision on file times), N GPU jobs at a time;
 3. each job's record (train.json, the metrics sidecar, the probe sidecars, pretrain.json) must state the
    params values that dvc.yaml tracks for it; then ``dvc commit`` of exactly those stages.
+
+It prints its rounds and the ``ok:`` line on stdout and says "dvc.lock updated" only when it committed a
+stage. A Snakemake that fails while ``.snakemake/locks`` holds a lock (a killed run's) is reported in one
+line naming ``snakemake --unlock``.
 
 A stage whose inputs an upstream rerun reproduced byte for byte is clean in the next round, so nothing
 below it reruns: after a ``dvc pull`` only the data stages (their outputs are not pushed) run again.
@@ -36,7 +42,9 @@ import click
 
 from promptbias.errors import UserError
 from promptbias.pipeline import DEFAULT_PARAMS, Job, Pipeline
-from promptbias.pipeline.dvc import check_fresh
+from promptbias.pipeline.dvc import CHECK_STAGE, check_fresh
+
+SNAKEMAKE_LOCKS = ".snakemake/locks"  # Snakemake's working-directory locks (a killed run leaves them)
 
 
 def _tool(name: str) -> str:
@@ -158,6 +166,12 @@ def run_command(
     done: set[str] = set()
     for round_no in range(1, len(jobs) + 2):
         stale = stale_stages(dvc) | ({name: "forced" for name in force} if round_no == 1 else {})
+        if stale.pop(CHECK_STAGE, None) is not None:  # a params file changed; check_fresh: dvc.yaml fits it
+            if dry_run:
+                click.echo(f"  {CHECK_STAGE} (a params file changed; dvc.yaml matches it)")
+            else:
+                _call([dvc, "commit", "--force", "--quiet", CHECK_STAGE], "dvc commit")
+                done.add(CHECK_STAGE)
         unknown = sorted(set(stale) - set(jobs))
         if unknown:
             raise UserError(
@@ -167,11 +181,10 @@ def run_command(
             break
         todo = frontier(jobs, set(stale))
         click.echo(
-            f"promptbias run: round {round_no}: DVC finds {len(stale)} stale stage(s) of {len(jobs)}; running {len(todo)}",
-            err=True,
+            f"promptbias run: round {round_no}: DVC finds {len(stale)} stale stage(s) of {len(jobs)}; running {len(todo)}"
         )
         for name in todo[:20]:
-            click.echo(f"  {name}", err=True)
+            click.echo(f"  {name}")
         if set(todo) & done:
             again = sorted(set(todo) & done)[0]
             raise UserError(
@@ -181,9 +194,7 @@ def run_command(
         snakemake_argv = [snakemake, *outputs, "--forcerun", *outputs, *options]
         if dry_run:
             _call([*snakemake_argv, "--dry-run"], "snakemake --dry-run")
-            click.echo(
-                "dry run: later rounds are decided by what this one changes; nothing was written", err=True
-            )
+            click.echo("dry run: later rounds are decided by what this one changes; nothing was written")
             return
         _call(snakemake_argv, "snakemake")
         check_records(pipe, [jobs[name] for name in todo])
@@ -191,13 +202,15 @@ def run_command(
         done |= set(todo)
     else:
         raise UserError("promptbias run: the DAG did not settle — see `dvc status`")
-    click.echo(
-        f"ok: DAG up to date ({len(done)} stage(s) ran); dvc.lock updated (commit it with git)", err=True
-    )
+    ran = len(done - {CHECK_STAGE})
+    if dry_run or not done:  # nothing committed: dvc.lock is as it was
+        click.echo(f"ok: DAG up to date (nothing to run){'; nothing was written' if dry_run else ''}")
+    else:
+        click.echo(f"ok: DAG up to date ({ran} stage(s) ran); dvc.lock updated (commit it with git)")
 
 
 def _call(argv: list[str], what: str) -> None:
-    click.echo(f"$ {shlex.join([Path(argv[0]).name, *argv[1:]])[:400]}", err=True)
+    click.echo(f"$ {shlex.join([Path(argv[0]).name, *argv[1:]])[:400]}")
     proc = subprocess.Popen(argv)
     try:
         code = proc.wait()
@@ -206,4 +219,9 @@ def _call(argv: list[str], what: str) -> None:
         click.echo(f"interrupted: {what} stopped (exit {code}); rerun `promptbias run` to continue", err=True)
         raise SystemExit(130) from None
     if code != 0:
+        if what == "snakemake" and any(Path(SNAKEMAKE_LOCKS).glob("*")):
+            raise UserError(
+                f"snakemake failed (exit {code}): {SNAKEMAKE_LOCKS} holds a lock — another Snakemake runs here, "
+                "or a killed one left it: if none runs, `snakemake --unlock` (same --configfile), then rerun"
+            )
         raise UserError(f"{what} failed (exit {code}) — see its output above; fix and rerun")

@@ -46,7 +46,7 @@ def fetch(ctx: RunContext, dataset: str, source: str | None, keep_archives: bool
     out = fetch_dataset(
         spec, _root(cfg), cfg["data"]["source_root"], keep_archives=keep_archives, demo_seed=seed
     )
-    click.echo(f"ok: {out}", err=True)
+    click.echo(f"ok: {out}")
 
 
 @click.command("split")
@@ -70,7 +70,7 @@ def split(ctx: RunContext, dataset: str, shots: int | None, seed: int) -> None:
     few = splits.make_fewshot(splits.load_split(_root(cfg), dataset), shots, seed)
     out = paths.split_json(_root(cfg), dataset, shots, seed)
     write_json(out, few)
-    click.echo(f"ok: {out} ({len(few['train'])} train, {len(few['val'])} val)", err=True)
+    click.echo(f"ok: {out} ({len(few['train'])} train, {len(few['val'])} val)")
 
 
 def model_image_size(cfg: dict[str, Any]) -> int:
@@ -118,4 +118,4 @@ def cache(ctx: RunContext, dataset: str, image_size: int | None, skip_bad: bool)
         num_workers=cfg["data"]["num_workers"],
         skip_bad=skip_bad,
     )
-    click.echo(f"ok: {npy}", err=True)
+    click.echo(f"ok: {npy}")

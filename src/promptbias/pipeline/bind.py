@@ -19,6 +19,7 @@ from typing import Any
 
 from promptbias.errors import UserError
 from promptbias.io import remove_stale_temps
+from promptbias.joblock import claim, release_all
 from promptbias.pipeline.dvc import dvc_stage_name, verify_tracking
 from promptbias.pipeline.plan import Pipeline
 
@@ -44,6 +45,18 @@ def bind_job(ctx: Any, cfg: dict[str, Any], stage: str, wildcards: dict[str, Any
                 f"DVC stage {dvc_stage} runs the command of job {job.name} — regenerate dvc.yaml (`promptbias dvc-yaml`)"
             )
         verify_tracking(pipe, job)
+    claim(job.name)  # one writer per job, one engine per workspace (exit 2 naming the other process)
+    _release_when_the_command_ends()
     for out in job.out_paths:
         remove_stale_temps(out)  # one job owns each output: a temporary beside it is a killed attempt's
     return BoundJob(job.name, pipe.param_values(job.params))
+
+
+def _release_when_the_command_ends() -> None:
+    """Drop the job locks when the click command closes — also for a command invoked in-process (tests,
+    click's CliRunner), whose process goes on."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().call_on_close(release_all)

@@ -149,16 +149,22 @@ def transfer_views(cfg: Config) -> list[tuple[str, str]]:
 def domain_views(cfg: Config) -> list[tuple[str, str]]:
     """(view id, source) of the domain-generalisation views: each test-only variant of the source
     (``cross_dataset.domain_targets``) evaluated with the source's few-shot tensors."""
-    source = cfg.get("cross_dataset", {}).get("source")
-    return [(protocols.transfer_id(d, source), source) for d in protocols.domain_targets(cfg)]
+    targets = protocols.domain_targets(cfg)  # none unless the protocol is on: then the source is read
+    source = cfg["cross_dataset"]["source"] if targets else None
+    return [(protocols.transfer_id(d, source), source) for d in targets]
 
 
 def protocol_keys(cfg: Config) -> list[str]:
-    """``protocols`` (and ``cross_dataset`` with that protocol) when more than the few-shot sweep is
-    selected (the default config's jobs stay as they were): aggregate and render read them for the views."""
-    if list(cfg.get("protocols", [])) == [protocols.FEWSHOT]:
-        return []
+    """``protocols`` (and ``cross_dataset`` with that protocol): aggregate and render read them for the
+    views (``protocols`` also when it selects the few-shot sweep only: they read it to know that)."""
     return ["protocols", *(["cross_dataset"] if protocols.enabled(cfg, protocols.CROSS_DATASET) else [])]
+
+
+def sensitivity_keys(cfg: Config) -> list[str]:
+    """The sensitivity keys aggregate and render read: the grid (``depths``, ``n_ctx``) only when it is on."""
+    if cfg["sensitivity"]["enabled"]:
+        return ["sensitivity"]
+    return ["sensitivity.enabled", "sensitivity.datasets"]
 
 
 def evaluate_matrix(cfg: Config) -> list[Wildcards]:
@@ -251,12 +257,15 @@ def model_keys() -> list[str]:
     return ["model", "device", "cpu_threads"]
 
 
-def probe_kind_keys(cfg: Config) -> list[str]:
-    """The probes.* keys the job's kinds read (each catalog entry names its own), in a stable order."""
+def probe_kind_keys(cfg: Config, method: str) -> list[str]:
+    """The probes.* keys the job's kinds read for ``method`` (each catalog entry names its own, and those
+    it reads for a zero-shot run only), in a stable order."""
     keys: list[str] = []
+    zeroshot = method_kind(method) == "zeroshot"
     for kind in cfg["probes"]["kinds"]:
         info = catalog.probe_info(kind)
-        keys += [k for k in (*info.common, *info.params) if k not in keys]
+        read = (*info.common, *info.params, *(info.zeroshot_params if zeroshot else ()))
+        keys += [k for k in read if k not in keys]
     return keys
 
 
@@ -285,7 +294,13 @@ def evaluate_keys(method: str) -> list[str]:
 
 
 def probe_keys(cfg: Config, method: str) -> list[str]:
-    return [*model_keys(), "data.root", "data.cache_images", *method_keys(method), *probe_kind_keys(cfg)]
+    return [
+        *model_keys(),
+        "data.root",
+        "data.cache_images",
+        *method_keys(method),
+        *probe_kind_keys(cfg, method),
+    ]
 
 
 # ------------------------------------------------------------------------------------------- deps
@@ -466,7 +481,7 @@ STAGES: tuple[Stage, ...] = (
             "sweep.datasets",
             "sweep.methods",
             "sweep.seeds",
-            "sensitivity",
+            *sensitivity_keys(cfg),
             *protocol_keys(cfg),
         ],
         log=_p(paths.log_file("aggregate")),
@@ -498,14 +513,19 @@ STAGES: tuple[Stage, ...] = (
         deps=_render_deps,
         params=lambda cfg, w: [
             "render",
+            "model.name",  # the report names the backbone
+            "model.pretrained",
             "sweep.datasets",
             "sweep.methods",
+            "sweep.seeds",  # Table 1's std over seeds
             "probes.kinds",
             "probes.methods",
             "probes.seeds",
+            "probes.rotations",  # the rotation finding
             "probes.relevancy_prompt",
+            "probes.relevancy_template",  # Fig. 2's caption names the zero-shot captions
             "methods.prompt.depth_text",  # probes.relevancy_prompt.depth: null
-            "sensitivity",
+            *sensitivity_keys(cfg),
             *protocol_keys(cfg),
         ],
         log=_p(paths.log_file("render")),

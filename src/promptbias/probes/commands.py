@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from promptbias.config import SEED
 from promptbias.errors import UserError
 
 
@@ -52,7 +53,7 @@ class _ProbeCommand(click.Command):
 @click.option(
     "--method", "method_id", required=True, help="Method id: zeroshot, prompt, bias, prompt-d<D>-n<N>."
 )
-@click.option("--seed", type=int, required=True, help="Training seed of the run to probe.")
+@click.option("--seed", type=SEED, required=True, help="Training seed of the run to probe.")
 @click.pass_obj
 def probe(ctx: Any, kinds: tuple[str, ...], dataset: str, method_id: str, seed: int) -> None:
     """Run one analysis probe and write probes/<dataset>/<method>/seed<S>/<kind>.parquet (+ .json).
@@ -91,8 +92,11 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
     clip = load_backbone(cfg)
     clip.model.float()  # probes run in fp32
     ds = dataset_info(cfg, dataset)
-    template = pcfg["relevancy_template"] if kind == "relevancy" else None  # a params key of relevancy only
-    if template and method_kind(method_id) == "zeroshot":
+    zeroshot = method_kind(method_id) == "zeroshot"  # a learned method keeps the captions it trained with
+    template = (
+        pcfg["relevancy_template"] if kind == "relevancy" and zeroshot else None
+    )  # catalog: zeroshot_params
+    if template:
         ds = dataclasses.replace(ds, template=template)  # the paper's Fig. 2 caption, not the dataset's
     method = load_method(cfg, clip, ds, method_id, seed).float().eval()
     _check_start_layer(clip.model, settings.start_layer)
@@ -163,7 +167,7 @@ def write_probe(cfg: dict[str, Any], job: Any, kind: str, dataset: str, method_i
         "provenance": provenance(),
     }
     write_json(out / f"{kind}.json", sidecar)
-    click.echo(f"{kind}: {len(frame)} rows over {len(ids)} images → {out / (kind + '.parquet')}", err=True)
+    click.echo(f"{kind}: {len(frame)} rows over {len(ids)} images → {out / (kind + '.parquet')}")
 
 
 def _check_start_layer(model: Any, start_layer: int) -> None:

@@ -81,17 +81,32 @@ def run_renderers(cfg: dict[str, Any], names: list[str], debug: bool = False) ->
         except Exception as exc:
             if debug:
                 raise
+            _raise_if_disk_full(exc)  # no renderer can draw on a full disk: one line, exit 2
             reason = f"{FAILED}: {type(exc).__name__}: {exc}"
-            click.echo(f"render {r.name}: {reason} (rerun with --debug for the traceback)", err=True)
+            click.echo(f"render {r.name}: {reason} (rerun with --debug for the traceback)")
             gaps = [Gap(r.title, reason)]
             _placeholders(cfg, r.outputs(cfg), reason)
         inputs.gaps[r.name] = list(gaps)
         written = sum(1 for p in r.outputs(cfg) if p.is_file())
         note = f", {len(gaps)} gap(s)" if gaps else ""
-        click.echo(f"render {r.name}: {written} file(s){note}", err=True)
+        click.echo(f"render {r.name}: {written} file(s){note}")
     if inputs.summary is None:
-        click.echo("render: metrics/summary.json missing — run `promptbias aggregate` first", err=True)
+        click.echo("render: metrics/summary.json missing — run `promptbias aggregate` first")
     return inputs.gaps
+
+
+def _raise_if_disk_full(exc: Exception) -> None:
+    """A full disk (ENOSPC/EDQUOT, raised here or behind an atomic write's one-line error) ends the command
+    with that one line: marking a gap per renderer would print a failure for each and write nothing."""
+    import errno
+
+    from promptbias.io import disk_full_error
+
+    for cause in (exc, exc.__cause__, exc.__context__):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(exc, UserError):
+                raise exc
+            raise disk_full_error(cause.filename or "results/") from None
 
 
 def _placeholders(cfg: dict[str, Any], paths: list[Any], reason: str) -> None:
