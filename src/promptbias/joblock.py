@@ -229,13 +229,21 @@ def _ppid(pid: int) -> int | None:
 
 
 def _engine_kind(argv: list[str]) -> str | None:
-    """``snakemake``/``dvc`` when ``argv`` runs that program (directly, as a script or ``-m``)."""
+    """``snakemake``/``dvc`` when ``argv`` runs that program (directly, as a script or ``-m``) as an engine.
+
+    A Snakemake started with ``--target-jobs`` is one job's step, spawned by an executor (each SLURM job
+    runs its rule that way): not an engine — its jobs belong to the engine above it, or on a cluster node
+    to "commands", which every job step there shares (two SLURM jobs on one node are one engine)."""
     for i, arg in enumerate(argv[:3]):
         name = os.path.basename(arg)
+        if arg == "-m" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif name not in _ENGINES:
+            continue
+        if name == "snakemake" and "--target-jobs" in argv:
+            return None
         if name in _ENGINES:
             return name
-        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in _ENGINES:
-            return argv[i + 1]
     return None
 
 

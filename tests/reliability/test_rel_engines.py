@@ -147,6 +147,11 @@ def test_the_engine_of_a_process_is_its_outermost_engine_ancestor(tmp_path):
     assert joblock._engine_kind(["/venv/bin/python", "-m", "dvc", "repro"]) == "dvc"
     assert joblock._engine_kind(["/venv/bin/python", "/venv/bin/snakemake", "all"]) == "snakemake"
     assert joblock._engine_kind(["python", "-m", "promptbias.cli", "train"]) is None
+    # a SLURM job's step (the executor's `snakemake --target-jobs …`): not an engine, so two jobs on one
+    # node share "commands" instead of refusing each other
+    step = ["python", "-m", "snakemake", "--snakefile", "Snakefile", "--target-jobs", "train:seed=1"]
+    assert joblock._engine_kind(step) is None
+    assert joblock._engine_kind(["/venv/bin/snakemake", "--target-jobs", "x", "--mode", "remote"]) is None
 
 
 def _children(pid: int) -> list[int]:
