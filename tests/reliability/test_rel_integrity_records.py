@@ -53,21 +53,12 @@ def _edit(path: Path, **dotted: Any) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def _released(res: Any) -> Any:
-    """``res``, after dropping the job locks an in-process command took (``promptbias.main`` does that)."""
-    with contextlib.suppress(ImportError):
-        from promptbias.joblock import release_all
-
-        release_all()
-    return res
-
-
 def _invoke(ws: Path, *args: str) -> Any:
     """The CLI in-process in ``ws`` (stdout and stderr apart), arguments as given (relative paths)."""
     old = os.getcwd()
     os.chdir(ws)
     try:
-        return _released(CliRunner().invoke(cli, list(args), catch_exceptions=True))
+        return CliRunner().invoke(cli, list(args), catch_exceptions=True)
     finally:
         os.chdir(old)
 
@@ -335,7 +326,7 @@ def test_every_stage_tracks_exactly_the_keys_its_command_reads(base_ws, tmp_path
     problems = []
     for name in READ_ORDER:
         rec.read.clear()
-        res = _released(CliRunner().invoke(cli, ["--params", "params.yaml", *jobs[name].args.split()]))
+        res = CliRunner().invoke(cli, ["--params", "params.yaml", *jobs[name].args.split()])
         assert res.exit_code == 0, f"{name}: {res.output}\n{res.exception!r}"
         read, keys = rec.read - PERFORMANCE_ONLY, tracked(name)
         extra = read - set().union(*keys.values()) - identity_checks(name)
@@ -361,7 +352,7 @@ def test_every_stage_tracks_exactly_the_keys_its_command_reads(base_ws, tmp_path
             "--method",
             method,
         ]
-        assert _released(CliRunner().invoke(cli, [*argv, "--seed", "1"])).exit_code == 0
+        assert CliRunner().invoke(cli, [*argv, "--seed", "1"]).exit_code == 0
         return pd.read_parquet(ws.path / f"probes/demo_shapes/{method}/seed1/relevancy.parquet")
 
     before = {m: relevancy(m) for m in ("zeroshot", "bias")}
