@@ -179,21 +179,8 @@ def check_split(split: object, file: Path | str, fix: str) -> dict[str, Any]:
     classnames = split.get("classnames")
     if not isinstance(classnames, list) or not all(type(c) is str and c for c in classnames):
         raise UserError(f"{file}: 'classnames' is not a list of class names — {fix}")
-    names: dict[int, str] = {}
-    seen = Paths()
-    for name in SPLITS:
-        if name == "val" and name not in split:
-            continue
-        check_items(
-            split.get(name),
-            file,
-            name,
-            fix,
-            n_classes=len(classnames),
-            classnames=classnames,
-            names=names,
-            seen=seen,
-        )
+    lists = {name: split.get(name) for name in SPLITS if name != "val" or name in split}
+    names = _check_lists(lists, file, fix, classnames)
     unused = [y for y in range(len(classnames)) if y not in names]
     if unused:
         raise UserError(
@@ -207,21 +194,22 @@ def check_fewshot(few: object, file: Path | str, split: dict[str, Any], fix: str
     """Check a few-shot file's entries against its (checked) normalised ``split``; returns it."""
     if not isinstance(few, dict) or not isinstance(few.get("train"), list):
         raise UserError(f"{file}: not a promptbias split file — {fix}")
-    classnames = split["classnames"]
-    seen = Paths()
-    names: dict[int, str] = {}
-    for name in ("train", "val"):
-        check_items(
-            few.get(name, []),
-            file,
-            name,
-            fix,
-            n_classes=len(classnames),
-            classnames=classnames,
-            names=names,
-            seen=seen,
-        )
+    _check_lists({name: few.get(name, []) for name in ("train", "val")}, file, fix, split["classnames"])
     return few
+
+
+def _check_lists(
+    lists: dict[str, object], file: Path | str, fix: str, classnames: list[str]
+) -> dict[int, str]:
+    """Check the entry lists of one file together (label → name and repeats across them); returns
+    label → raw class name."""
+    names: dict[int, str] = {}
+    seen = Paths()
+    for name, items in lists.items():
+        check_items(
+            items, file, name, fix, n_classes=len(classnames), classnames=classnames, names=names, seen=seen
+        )
+    return names
 
 
 def check_files(folder: Path, split: dict[str, Any], file: Path | str, fix: str) -> list[str]:
