@@ -151,3 +151,16 @@ def without_timing(obj: Any) -> Any:
     if isinstance(obj, list):
         return [without_timing(v) for v in obj]
     return obj
+
+
+def one_error_line(err: str, names: tuple[str, ...], fix_marks: tuple[str, ...] = ("—", " - ")) -> str:
+    """The one non-blank stderr line of a refused command: starts with ``error:``, gives a fix (one of
+    ``fix_marks`` separates it) and names every one of ``names``; returns it."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    line = lines[0]
+    assert line.startswith("error:"), line
+    assert any(mark in line for mark in fix_marks), f"no fix given: {line}"
+    for name in names:
+        assert name in line, f"{name!r} not named in: {line}"
+    return line

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reliability.helpers import describe_diff, run_cli, snapshot, sub_env
+from tests.reliability.helpers import describe_diff, one_error_line, run_cli, snapshot, sub_env
 from tests.workspace import Workspace
 
 TRAIN = ["train", "--dataset", "demo_shapes", "--method", "bias", "--seed", "1"]
@@ -252,17 +252,6 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _one_error_line(err: str, names: tuple[str, ...]) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    line = lines[0]
-    assert line.startswith("error:"), line
-    assert "—" in line or " - " in line, f"no fix given: {line}"
-    for name in names:
-        assert name in line, f"{name!r} not named in: {line}"
-    return line
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     case: Case, base_ws: Workspace, tiny_weights: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
@@ -285,7 +274,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         os.chdir(old)
     err = capfd.readouterr().err
     assert exit_.value.code == 2, err
-    _one_error_line(err, case.names)
+    one_error_line(err, case.names)
     after = snapshot(ws.path)
     assert after == before, f"the failed command wrote to the workspace: {describe_diff(before, after)}"
 
@@ -313,7 +302,7 @@ def test_bad_input_through_the_console_script(
     before = snapshot(ws.path)
     res = run_cli(ws, sub_env(), *argv[2:])
     assert res.returncode == 2, res.stderr
-    _one_error_line(res.stderr, case.names)
+    one_error_line(res.stderr, case.names)
     assert snapshot(ws.path) == before
 
 
@@ -356,6 +345,6 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(
         main([*P, *TRAIN])
     err = capfd.readouterr().err
     assert exit_.value.code == 2, err
-    line = _one_error_line(err, ("runs/demo_shapes/bias/seed1", os.strerror(code)))
+    line = one_error_line(err, ("runs/demo_shapes/bias/seed1", os.strerror(code)))
     assert "make it writable" in line
     assert not list((ws.path / "runs/demo_shapes/bias/seed1").glob("*.safetensors"))

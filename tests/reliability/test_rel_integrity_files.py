@@ -27,8 +27,7 @@ import yaml
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import load_file, save_file
 
-from tests.reliability.helpers import describe_diff, snapshot
-from tests.reliability.test_rel_bad_input import _one_error_line
+from tests.reliability.helpers import describe_diff, one_error_line, snapshot
 from tests.workspace import Workspace, strict_json
 
 P = ["--params", "params.yaml"]
@@ -289,7 +288,7 @@ def test_a_damaged_file_is_refused_in_one_line_and_nothing_is_written(
     code = _main(ws.path, [*P, *case.argv])
     err = capfd.readouterr().err
     assert code == 2, f"exit {code}, stderr: {err!r}"
-    _one_error_line(err, case.names)
+    one_error_line(err, case.names)
     after = snapshot(ws.path)
     assert after == before, f"the failed command wrote to the workspace: {describe_diff(before, after)}"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reliability.helpers import describe_diff, run_cli, snapshot, sub_env
+from tests.reliability.helpers import describe_diff, one_error_line, run_cli, snapshot, sub_env
 from tests.workspace import Workspace
 
 RUN = "runs/demo_shapes/bias/seed1"
@@ -60,17 +60,6 @@ def _main(ws: Path, argv: list[str], capfd: pytest.CaptureFixture[str]) -> tuple
     finally:
         os.chdir(old)
     return code, capfd.readouterr().err
-
-
-def _one_error_line(err: str, names: tuple[str, ...]) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    line = lines[0]
-    assert line.startswith("error:"), line
-    assert "—" in line, f"no fix given: {line}"
-    for name in names:
-        assert name in line, f"{name!r} not named in: {line}"
-    return line
 
 
 def _finished_outputs(ws: Path) -> dict[str, tuple[str, str]]:
@@ -203,7 +192,7 @@ def test_bad_number_or_params_file_is_one_line_and_the_finished_run_is_intact(
     before = snapshot(ws.path)
     code, err = _main(ws.path, argv, capfd)
     assert code == 2, err
-    _one_error_line(err, case.names)
+    one_error_line(err, case.names, fix_marks=("—",))
     after = snapshot(ws.path)
     assert after == before, f"the failed command wrote to the workspace: {describe_diff(before, after)}"
     assert not (ws.path / "PWNED").exists()

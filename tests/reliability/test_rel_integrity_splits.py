@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.helpers import describe_diff, snapshot
-from tests.reliability.test_rel_bad_input import _one_error_line
+from tests.reliability.helpers import describe_diff, one_error_line, snapshot
 from tests.workspace import Workspace
 
 P = ["--params", "params.yaml"]
@@ -275,7 +274,7 @@ def test_bad_split_data_is_one_line_exit_2_and_writes_nothing(
     before = snapshot(ws.path)
     code, err = _run(argv, ws.path, capfd)
     assert code == 2, err
-    _one_error_line(err, case.names)
+    one_error_line(err, case.names)
     after = snapshot(ws.path)
     assert after == before, f"the failed command wrote to the workspace: {describe_diff(before, after)}"
 
